@@ -1,0 +1,261 @@
+"""The only module that names SQL on the outbox tables.
+
+The write API inserts through :data:`INSERT` and :func:`event_rows`; the shipper and the
+operator commands call the async functions below, each one short statement (or a few)
+inside the caller's transaction. Keeping them here means the claim/ack protocol can be
+read, and changed, in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from outbox.contract import UsageEvent, contract_headers
+from outbox.schema import DEAD, PENDING, lease_table, outbox_table
+
+_t = outbox_table.c
+
+#: Insert statement for :func:`event_rows`; state, attempts and times take their defaults.
+INSERT = outbox_table.insert()
+
+
+def event_rows(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
+    """Outbox rows for validated events, ready for ``connection.execute(INSERT, rows)``."""
+    return [
+        {
+            "event_id": e.event_id,
+            "subject": e.subject,
+            "headers": json.dumps(contract_headers(e.event_id), separators=(",", ":")),
+            "payload": e.payload,
+            "created_at": e.created_at,
+        }
+        for e in events
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A claimed row, as the shipper publishes it."""
+
+    id: int
+    event_id: str
+    subject: str
+    headers: str  # JSON text; decoded by the shipper so a bad row fails there, per row
+    payload: bytes
+    created_at: float
+    attempts: int  # attempts started before this claim
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A row that failed to publish: retried at ``retry_at`` or, if ``dead``, parked."""
+
+    id: int
+    reason: str
+    retry_at: float = 0.0
+
+
+_SELECT_DUE = (
+    sa.select(_t.id, _t.event_id, _t.subject, _t.headers, _t.payload, _t.created_at, _t.attempts)
+    .where(_t.state == PENDING, _t.next_attempt_at <= sa.bindparam("now"))
+    .order_by(_t.id)
+    .limit(sa.bindparam("limit"))
+)
+
+
+async def bury_exhausted(conn: AsyncConnection, *, now: float, max_attempts: int) -> int:
+    """Move due rows whose ``max_attempts`` attempts all started and never ended in an ack
+    to ``dead``. This is what stops a row that crashes the shipper from looping forever."""
+    result = await conn.execute(
+        sa.update(outbox_table)
+        .where(_t.state == PENDING, _t.attempts >= max_attempts, _t.next_attempt_at <= now)
+        .values(
+            state=DEAD,
+            last_error=sa.func.coalesce(
+                _t.last_error, "the shipper stopped while publishing this row"
+            ).concat(f" (gave up after {max_attempts} attempts)"),
+        )
+    )
+    return result.rowcount or 0
+
+
+async def claim(conn: AsyncConnection, *, now: float, limit: int) -> list[OutboxRow]:
+    """Claim the next due rows in order and count an attempt started on each.
+
+    A row that already has an attempt started (the process died or a publish failed while
+    it was in flight) is claimed alone, so a poison row only ever takes itself down and
+    reaches ``max_attempts`` without dragging its neighbours along.
+    """
+    result = await conn.execute(_SELECT_DUE, {"now": now, "limit": limit})
+    candidates = [OutboxRow(*row) for row in result]
+    if not candidates:
+        return []
+    if candidates[0].attempts > 0:
+        batch = candidates[:1]
+    else:
+        batch = []
+        for row in candidates:
+            if row.attempts > 0:
+                break
+            batch.append(row)
+    # The rows are contiguous among due pending rows, and BEGIN IMMEDIATE (SQLite) / the
+    # lease keeps anyone else from claiming in between, so a range update hits exactly them.
+    await conn.execute(
+        sa.update(outbox_table)
+        .where(
+            _t.id.between(batch[0].id, batch[-1].id),
+            _t.state == PENDING,
+            _t.next_attempt_at <= now,
+        )
+        .values(attempts=_t.attempts + 1)
+    )
+    return batch
+
+
+async def delete_sent(conn: AsyncConnection, ids: Sequence[int]) -> int:
+    """Remove rows JetStream acknowledged. Only ever called with acknowledged ids."""
+    if not ids:
+        return 0
+    result = await conn.execute(sa.delete(outbox_table).where(_t.id.in_(ids)))
+    return result.rowcount or 0
+
+
+async def release(conn: AsyncConnection, ids: Sequence[int]) -> None:
+    """Hand rows back untouched: the attempt did not fail because of them (NATS was down,
+    the shipper is stopping), so it must not count towards ``max_attempts``."""
+    if ids:
+        await conn.execute(
+            sa.update(outbox_table)
+            .where(_t.id.in_(ids), _t.attempts > 0)
+            .values(attempts=_t.attempts - 1)
+        )
+
+
+async def retry_later(conn: AsyncConnection, failures: Sequence[Failure]) -> None:
+    """Record a per-row failure; the attempt stays counted and the row waits its backoff."""
+    if failures:
+        await conn.execute(
+            sa.update(outbox_table)
+            .where(_t.id == sa.bindparam("row_id"))
+            .values(last_error=sa.bindparam("reason"), next_attempt_at=sa.bindparam("at")),
+            [{"row_id": f.id, "reason": f.reason, "at": f.retry_at} for f in failures],
+        )
+
+
+async def mark_dead(conn: AsyncConnection, failures: Sequence[Failure]) -> None:
+    """Park rows that can never be sent, with the reason; they stay until requeued."""
+    if failures:
+        await conn.execute(
+            sa.update(outbox_table)
+            .where(_t.id == sa.bindparam("row_id"))
+            .values(state=DEAD, last_error=sa.bindparam("reason")),
+            [{"row_id": f.id, "reason": f.reason} for f in failures],
+        )
+
+
+async def requeue_dead(conn: AsyncConnection, ids: Sequence[int] | None) -> int:
+    """Give dead rows (all of them when ``ids`` is None) a fresh set of attempts."""
+    statement = (
+        sa.update(outbox_table)
+        .where(_t.state == DEAD)
+        .values(state=PENDING, attempts=0, next_attempt_at=0)
+    )
+    if ids is not None:
+        statement = statement.where(_t.id.in_(ids))
+    result = await conn.execute(statement)
+    return result.rowcount or 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatus:
+    pending: int
+    dead: int
+    oldest_pending_at: float | None
+    last_error: str | None
+
+
+async def status(conn: AsyncConnection) -> OutboxStatus:
+    by_state = await conn.execute(sa.select(_t.state, sa.func.count()).group_by(_t.state))
+    counts: dict[str, int] = {state: count for state, count in by_state}
+    oldest = await conn.scalar(sa.select(sa.func.min(_t.created_at)).where(_t.state == PENDING))
+    last_error = await conn.scalar(
+        sa.select(_t.last_error).where(_t.last_error.is_not(None)).order_by(_t.id.desc()).limit(1)
+    )
+    return OutboxStatus(
+        pending=counts.get(PENDING, 0),
+        dead=counts.get(DEAD, 0),
+        oldest_pending_at=oldest,
+        last_error=last_error,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadRow:
+    id: int
+    event_id: str
+    subject: str
+    attempts: int
+    created_at: float
+    last_error: str | None
+
+
+async def dead_rows(conn: AsyncConnection, *, limit: int) -> list[DeadRow]:
+    result = await conn.execute(
+        sa.select(_t.id, _t.event_id, _t.subject, _t.attempts, _t.created_at, _t.last_error)
+        .where(_t.state == DEAD)
+        .order_by(_t.id)
+        .limit(limit)
+    )
+    return [DeadRow(*row) for row in result]
+
+
+# -- the shipper lease -------------------------------------------------------------------
+
+
+async def take_lease(
+    conn: AsyncConnection, *, name: str, owner: str, now: float, ttl: float
+) -> bool:
+    """Take or renew the lease when free, expired or already ours; False when another
+    live shipper holds it."""
+    result = await conn.execute(
+        sa.update(lease_table)
+        .where(
+            lease_table.c.name == name,
+            sa.or_(lease_table.c.owner == owner, lease_table.c.expires_at < now),
+        )
+        .values(owner=owner, expires_at=now + ttl)
+    )
+    if result.rowcount:
+        return True
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                sa.insert(lease_table).values(name=name, owner=owner, expires_at=now + ttl)
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+async def lease_holder(conn: AsyncConnection, *, name: str) -> tuple[str, float] | None:
+    row = (
+        await conn.execute(
+            sa.select(lease_table.c.owner, lease_table.c.expires_at).where(
+                lease_table.c.name == name
+            )
+        )
+    ).first()
+    return None if row is None else (row.owner, row.expires_at)
+
+
+async def drop_lease(conn: AsyncConnection, *, name: str, owner: str) -> None:
+    await conn.execute(
+        sa.delete(lease_table).where(lease_table.c.name == name, lease_table.c.owner == owner)
+    )

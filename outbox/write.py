@@ -1,0 +1,143 @@
+"""The write API: record usage events inside the caller's own transaction.
+
+These functions add rows to the caller's open transaction and never commit, roll back or
+open a network connection: if the caller commits, the events are durable with its data;
+if it rolls back, they are gone with it. Validation happens before anything is written,
+so a refused event (:class:`~outbox.errors.InvalidUsageEvent`) leaves the table unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from typing import Any, TypedDict
+
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import Session
+
+from outbox import store
+from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, UsageEvent, build_usage_event
+
+
+class UsageArgs(TypedDict, total=False):
+    """One event's arguments for the batch forms (the keywords of :func:`record_usage`)."""
+
+    user_id: str
+    product_id: str
+    provider: str
+    operation: str
+    service_type: str | Enum
+    input_tokens: int | None
+    output_tokens: int | None
+    input_units: float | None
+    output_units: float | None
+    metadata: Mapping[str, Any] | None
+
+
+async def _async_connection(target: AsyncSession | AsyncConnection) -> AsyncConnection:
+    # Session.connection() joins (or begins) the session's transaction; it never commits.
+    return await target.connection() if isinstance(target, AsyncSession) else target
+
+
+def _sync_connection(target: Session | Connection) -> Connection:
+    return target.connection() if isinstance(target, Session) else target
+
+
+def _build_all(events: Iterable[Mapping[str, Any]], max_payload_bytes: int) -> list[UsageEvent]:
+    # All events are validated before any is written: one bad event refuses the batch.
+    return [build_usage_event(**args, max_payload_bytes=max_payload_bytes) for args in events]
+
+
+async def record_usage(
+    session_or_connection: AsyncSession | AsyncConnection,
+    *,
+    user_id: str,
+    product_id: str,
+    provider: str,
+    operation: str,
+    service_type: str | Enum,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    input_units: float | None = None,
+    output_units: float | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> str:
+    """Validate one usage event and add it to the caller's transaction; return its id."""
+    event = build_usage_event(
+        user_id=user_id,
+        product_id=product_id,
+        provider=provider,
+        operation=operation,
+        service_type=service_type,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        input_units=input_units,
+        output_units=output_units,
+        metadata=metadata,
+        max_payload_bytes=max_payload_bytes,
+    )
+    connection = await _async_connection(session_or_connection)
+    await connection.execute(store.INSERT, store.event_rows([event]))
+    return event.event_id
+
+
+def record_usage_sync(
+    session_or_connection: Session | Connection,
+    *,
+    user_id: str,
+    product_id: str,
+    provider: str,
+    operation: str,
+    service_type: str | Enum,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    input_units: float | None = None,
+    output_units: float | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> str:
+    """The same as :func:`record_usage` for a sync ``Session`` or ``Connection``."""
+    event = build_usage_event(
+        user_id=user_id,
+        product_id=product_id,
+        provider=provider,
+        operation=operation,
+        service_type=service_type,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        input_units=input_units,
+        output_units=output_units,
+        metadata=metadata,
+        max_payload_bytes=max_payload_bytes,
+    )
+    _sync_connection(session_or_connection).execute(store.INSERT, store.event_rows([event]))
+    return event.event_id
+
+
+async def record_usages(
+    session_or_connection: AsyncSession | AsyncConnection,
+    events: Iterable[UsageArgs | Mapping[str, Any]],
+    *,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> list[str]:
+    """Batch form: validate every event, then insert them all in one statement."""
+    built = _build_all(events, max_payload_bytes)
+    if built:
+        connection = await _async_connection(session_or_connection)
+        await connection.execute(store.INSERT, store.event_rows(built))
+    return [e.event_id for e in built]
+
+
+def record_usages_sync(
+    session_or_connection: Session | Connection,
+    events: Iterable[UsageArgs | Mapping[str, Any]],
+    *,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> list[str]:
+    """Batch form of :func:`record_usage_sync`."""
+    built = _build_all(events, max_payload_bytes)
+    if built:
+        _sync_connection(session_or_connection).execute(store.INSERT, store.event_rows(built))
+    return [e.event_id for e in built]

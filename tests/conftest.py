@@ -1,0 +1,8 @@
+"""Shared pytest set-up. Fixtures live in one module per concern, loaded as plugins."""
+
+from __future__ import annotations
+
+pytest_plugins = [
+    "tests.fixtures.databases",
+    "tests.fixtures.nats",
+]
