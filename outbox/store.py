@@ -70,33 +70,38 @@ _SELECT_DUE = (
 )
 
 
-async def bury_exhausted(conn: AsyncConnection, *, now: float, max_attempts: int) -> int:
-    """Move due rows whose ``max_attempts`` attempts all started and never ended in an ack
-    to ``dead``. This is what stops a row that crashes the shipper from looping forever."""
-    result = await conn.execute(
-        sa.update(outbox_table)
-        .where(_t.state == PENDING, _t.attempts >= max_attempts, _t.next_attempt_at <= now)
-        .values(
-            state=DEAD,
-            last_error=sa.func.coalesce(
-                _t.last_error, "the shipper stopped while publishing this row"
-            ).concat(f" (gave up after {max_attempts} attempts)"),
-        )
+@dataclass(frozen=True, slots=True)
+class Claim:
+    rows: list[OutboxRow]  # to publish now, in order
+    buried: list[OutboxRow]  # moved to dead: every attempt they were given started, none acked
+
+
+def _exhausted_reason(max_attempts: int) -> sa.ColumnElement[str]:
+    return sa.func.coalesce(_t.last_error, "the shipper stopped while publishing this row").concat(
+        f" (gave up after {max_attempts} attempts)"
     )
-    return result.rowcount or 0
 
 
-async def claim(conn: AsyncConnection, *, now: float, limit: int) -> list[OutboxRow]:
+async def claim(conn: AsyncConnection, *, now: float, limit: int, max_attempts: int) -> Claim:
     """Claim the next due rows in order and count an attempt started on each.
 
     A row that already has an attempt started (the process died or a publish failed while
-    it was in flight) is claimed alone, so a poison row only ever takes itself down and
-    reaches ``max_attempts`` without dragging its neighbours along.
+    it was in flight) is claimed alone, so a poison row only ever takes itself down; once
+    ``max_attempts`` attempts started and none ended in an ack it goes to ``dead``, which
+    is what stops a row that crashes the shipper from looping forever.
     """
     result = await conn.execute(_SELECT_DUE, {"now": now, "limit": limit})
     candidates = [OutboxRow(*row) for row in result]
+    buried = [row for row in candidates if row.attempts >= max_attempts]
+    if buried:
+        await conn.execute(
+            sa.update(outbox_table)
+            .where(_t.id.in_([row.id for row in buried]))
+            .values(state=DEAD, last_error=_exhausted_reason(max_attempts))
+        )
+        candidates = [row for row in candidates if row.attempts < max_attempts]
     if not candidates:
-        return []
+        return Claim([], buried)
     if candidates[0].attempts > 0:
         batch = candidates[:1]
     else:
@@ -105,8 +110,9 @@ async def claim(conn: AsyncConnection, *, now: float, limit: int) -> list[Outbox
             if row.attempts > 0:
                 break
             batch.append(row)
-    # The rows are contiguous among due pending rows, and BEGIN IMMEDIATE (SQLite) / the
-    # lease keeps anyone else from claiming in between, so a range update hits exactly them.
+    # The batch is a run of consecutive due pending rows with no attempt yet, and the
+    # caller's transaction (BEGIN IMMEDIATE on SQLite, under the lease) keeps anyone else
+    # from changing them meanwhile, so a range update touches exactly these rows.
     await conn.execute(
         sa.update(outbox_table)
         .where(
@@ -116,7 +122,7 @@ async def claim(conn: AsyncConnection, *, now: float, limit: int) -> list[Outbox
         )
         .values(attempts=_t.attempts + 1)
     )
-    return batch
+    return Claim(batch, buried)
 
 
 async def delete_sent(conn: AsyncConnection, ids: Sequence[int]) -> int:
@@ -242,6 +248,17 @@ async def take_lease(
     except IntegrityError:
         return False
     return True
+
+
+async def holds_lease(
+    conn: AsyncConnection, *, name: str, owner: str, now: float, ttl: float
+) -> bool:
+    """Whether ``owner`` still holds the lease; renews it (a write) only when it is
+    running out, so an idle shipper's polls do not write to the file."""
+    holder = await lease_holder(conn, name=name)
+    if holder is not None and holder[0] == owner and holder[1] - now > ttl / 2:
+        return True
+    return await take_lease(conn, name=name, owner=owner, now=now, ttl=ttl)
 
 
 async def lease_holder(conn: AsyncConnection, *, name: str) -> tuple[str, float] | None:

@@ -1,0 +1,142 @@
+"""Shipper settings: one frozen dataclass, built from flags and environment, checked once.
+
+Every problem is reported at start-up as a one-line :class:`ConfigError`, never as a
+traceback an hour later. Secrets are kept out of ``repr`` so a logged config is safe.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from outbox.errors import ConfigError
+from outbox.service import DEFAULT_PATH, resolve_url
+from outbox.subject import SUBJECT_PREFIX
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+STREAM_SUBJECT = f"{SUBJECT_PREFIX}.*"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipperConfig:
+    # where the events are
+    database_url: str = resolve_url(DEFAULT_PATH)
+    # where they go
+    nats_servers: tuple[str, ...] = (DEFAULT_NATS_URL,)
+    nats_user: str | None = None
+    nats_password: str | None = field(default=None, repr=False)
+    nats_token: str | None = field(default=None, repr=False)
+    nats_nkey_seed_file: str | None = None
+    nats_creds_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    connect_timeout: float = 2.0
+    max_reconnect_attempts: int = 10
+    # discovery
+    consul_host: str | None = None
+    consul_port: int = 8500
+    consul_scheme: str = "http"
+    consul_token: str | None = field(default=None, repr=False)
+    consul_service: str = "nats"
+    consul_timeout: float = 2.0
+    # the stream
+    stream: str = "USAGE"
+    create_stream: bool = True
+    duplicate_window: float = 600.0
+    replicas: int = 1
+    # the loop
+    batch_size: int = 1000
+    max_in_flight: int = 4000
+    poll_interval: float = 0.05
+    publish_timeout: float = 5.0
+    max_attempts: int = 8
+    retry_base: float = 1.0
+    retry_cap: float = 300.0
+    backoff_cap: float = 5.0
+    lease_ttl: float = 15.0
+    shutdown_timeout: float = 10.0
+    exit_when_idle: bool = False
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    def validate(self) -> ShipperConfig:
+        """Raise :class:`ConfigError` naming the setting and the problem; return self."""
+        try:
+            url = make_url(self.database_url)
+        except ArgumentError as exc:
+            raise ConfigError(f"database url {self.database_url!r} is not a valid URL") from exc
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            parent = Path(url.database).resolve().parent
+            if not parent.is_dir() or not os.access(parent, os.W_OK):
+                raise ConfigError(
+                    f"database url: directory {parent} does not exist or is read-only"
+                )
+            if Path(url.database).exists() and not os.access(url.database, os.R_OK | os.W_OK):
+                raise ConfigError(f"database url: {url.database} is not readable and writable")
+        if not self.nats_servers:
+            raise ConfigError("nats servers: none given")
+        for server in self.nats_servers:
+            parts = urlsplit(server)
+            if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
+                raise ConfigError(f"nats url {server!r}: expected nats://host:port")
+            try:
+                parts.port  # noqa: B018 - raises ValueError for a bad port
+            except ValueError as exc:
+                raise ConfigError(f"nats url {server!r}: {exc}") from exc
+        for name in (
+            "nats_nkey_seed_file",
+            "nats_creds_file",
+            "tls_ca_file",
+            "tls_cert_file",
+            "tls_key_file",
+        ):
+            path = getattr(self, name)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigError(f"{name.replace('_', ' ')}: {path} is not a readable file")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("tls: a client certificate needs both --tls-cert and --tls-key")
+        if self.nats_password and not self.nats_user:
+            raise ConfigError("nats password given without a nats user")
+        positive = (
+            "batch_size",
+            "max_in_flight",
+            "poll_interval",
+            "publish_timeout",
+            "max_attempts",
+            "retry_base",
+            "retry_cap",
+            "backoff_cap",
+            "lease_ttl",
+            "shutdown_timeout",
+            "connect_timeout",
+            "consul_timeout",
+            "replicas",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(
+                    f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}"
+                )
+        if self.duplicate_window < 0.1:
+            raise ConfigError("duplicate window must be at least 0.1 s")
+        if not 1 <= self.consul_port <= 65535:
+            raise ConfigError(f"consul port {self.consul_port} is out of range")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log format must be text or json, got {self.log_format!r}")
+        if self.lease_ttl <= self.backoff_cap:
+            raise ConfigError("lease ttl must be longer than the backoff cap")
+        return self
+
+    def redacted(self) -> dict[str, object]:
+        """The settings with every secret replaced, for a start-up log line."""
+        shown: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown[f.name] = "***" if (not f.repr and value) else value
+        return shown

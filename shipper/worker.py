@@ -1,0 +1,388 @@
+"""The shipper: claim due rows, publish them to JetStream, settle what the acks say.
+
+Read top to bottom: :meth:`Shipper.run` (start-up, the loop, shutdown), :meth:`_step`
+(connect if needed, then :meth:`drain_once`), :meth:`drain_once` (claim, publish, settle).
+Nothing is deleted from the outbox before its PubAck; every other outcome leaves the row
+pending (released, or retried after its backoff) or moves it to ``dead`` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import tenacity
+from nats.aio.client import Client
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox import migrate, store
+from outbox.sqlite import create_outbox_engine
+from shipper.config import ShipperConfig
+from shipper.connection import connect
+from shipper.discovery import Discovery
+from shipper.errors import ConfigError, LeaseLost, TransientError
+from shipper.publisher import Message, Outcome, Publisher
+from shipper.rows import Refusal, to_message
+from shipper.stream import ensure_stream
+
+logger = logging.getLogger("shipper")
+
+LEASE_NAME = "shipper"
+
+
+@dataclass
+class ShipperStats:
+    """Counters since start; ``repr`` shows them and tests assert on them."""
+
+    published: int = 0  # new messages stored by JetStream
+    duplicates: int = 0  # PubAcks with duplicate=true: delivered before
+    retried: int = 0  # rows that failed alone and wait for their backoff
+    dead: int = 0  # rows moved to dead by this process
+    released: int = 0  # rows handed back because JetStream was unreachable
+    batches: int = 0
+    connections: int = 0
+    last_error: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def delivered(self) -> int:
+        return self.published + self.duplicates
+
+
+def retry_at(attempts: int, *, now: float, base: float, cap: float) -> float:
+    """When a row that failed alone is due again: exponential in its attempts, with
+    jitter so rows that failed together do not come back together."""
+    delay = min(cap, base * 2.0 ** max(0, attempts - 1))
+    return now + delay * random.uniform(0.5, 1.0)
+
+
+class Shipper:
+    def __init__(self, config: ShipperConfig, *, engine: AsyncEngine | None = None) -> None:
+        self.config = config
+        self.stats = ShipperStats()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._engine = engine
+        self._own_engine = engine is None
+        self._discovery = Discovery(config)
+        self._client: Client | None = None
+        self._closed = asyncio.Event()
+        self._publisher: Publisher | None = None
+        self._stop = asyncio.Event()
+        self._failing_since: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Shipper {self.owner} {self.stats}>"
+
+    @property
+    def engine(self) -> AsyncEngine:
+        assert self._engine is not None, "Shipper.run() opens the engine"
+        return self._engine
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the batch in flight; safe from a signal handler."""
+        self._stop.set()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def run(self) -> ShipperStats:
+        """Ship until :meth:`stop` (or, with ``exit_when_idle``, until nothing is due)."""
+        await self._open_store()
+        lease_keeper: asyncio.Task[None] | None = None
+        try:
+            if not await self._wait_for_lease():
+                return self.stats
+            lease_keeper = asyncio.create_task(self._keep_lease(), name="shipper-lease")
+            while not self._stop.is_set():
+                shipped = await self._step_with_backoff()
+                if shipped is None:
+                    break
+                if shipped < self.config.batch_size:
+                    if shipped == 0 and self.config.exit_when_idle:
+                        break
+                    await self._sleep(self.config.poll_interval)
+        finally:
+            if lease_keeper is not None:
+                lease_keeper.cancel()
+                await asyncio.gather(lease_keeper, return_exceptions=True)
+            await self._shutdown()
+        return self.stats
+
+    async def _step_with_backoff(self) -> int | None:
+        """One step, retried with capped exponential backoff and jitter while JetStream is
+        unreachable; None when a stop was asked for meanwhile."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(TransientError),
+            wait=tenacity.wait_exponential_jitter(initial=0.05, max=self.config.backoff_cap),
+            stop=tenacity.stop_when_event_set(self._stop),  # type: ignore[arg-type]
+            sleep=self._sleep,
+            before_sleep=self._log_backoff,
+            reraise=True,
+        )
+        try:
+            shipped: int = await retrying(self._step)
+        except TransientError:
+            return None  # stopped while backing off; rows were already handed back
+        if self._failing_since is not None:
+            logger.info(
+                "shipping again after %.1f s of trouble",
+                time.time() - self._failing_since,
+                extra={"action": "backoff_ended"},
+            )
+            self._failing_since = None
+        return shipped
+
+    async def _step(self) -> int:
+        if self._stop.is_set():
+            return 0
+        await self._ensure_connected()
+        try:
+            return await self.drain_once()
+        except SQLAlchemyError as exc:
+            # Locked past busy_timeout, disk full on the delete: the rows are still there
+            # and the acknowledged ones will come back as JetStream duplicates.
+            raise TransientError(f"outbox database: {exc}") from exc
+
+    async def drain_once(self) -> int:
+        """Claim one batch, publish it, settle it. Returns the number of rows claimed."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            if not await store.holds_lease(
+                conn, name=LEASE_NAME, owner=self.owner, now=now, ttl=self.config.lease_ttl
+            ):
+                raise LeaseLost("another shipper took this outbox's lease")
+            claim = await store.claim(
+                conn, now=now, limit=self.config.batch_size, max_attempts=self.config.max_attempts
+            )
+        for row in claim.buried:
+            self.stats.dead += 1
+            logger.error(
+                "row %s (event %s) dead after %d attempts",
+                row.id,
+                row.event_id,
+                row.attempts,
+                extra={"action": "dead_lettered", "event_id": row.event_id},
+            )
+        if not claim.rows:
+            return len(claim.buried)
+        publisher = self._publisher
+        assert publisher is not None
+        messages: list[Message] = []
+        sendable: list[store.OutboxRow] = []
+        dead: list[store.Failure] = []
+        for row in claim.rows:
+            prepared = to_message(row, max_payload=publisher.max_payload, verify_payload=True)
+            if isinstance(prepared, Refusal):
+                dead.append(store.Failure(row.id, prepared.reason))
+            else:
+                messages.append(prepared)
+                sendable.append(row)
+        try:
+            results = await publisher.publish(messages) if messages else []
+        except TransientError:
+            await self._settle(acked=[], retry=[], dead=dead, release=[r.id for r in sendable])
+            raise
+        acked: list[int] = []
+        retry: list[store.Failure] = []
+        release: list[int] = []
+        now = time.time()
+        for row, result in zip(sendable, results, strict=True):
+            if result.outcome is Outcome.STORED:
+                self.stats.published += 1
+                acked.append(row.id)
+            elif result.outcome is Outcome.DUPLICATE:
+                self.stats.duplicates += 1
+                acked.append(row.id)
+            elif result.outcome is Outcome.UNREACHABLE:
+                release.append(row.id)
+            elif result.outcome is Outcome.REJECTED:
+                dead.append(store.Failure(row.id, result.detail))
+            else:
+                retry.append(
+                    store.Failure(
+                        row.id,
+                        result.detail,
+                        retry_at(
+                            row.attempts + 1,
+                            now=now,
+                            base=self.config.retry_base,
+                            cap=self.config.retry_cap,
+                        ),
+                    )
+                )
+        await self._settle(acked=acked, retry=retry, dead=dead, release=release)
+        self.stats.batches += 1
+        if release:
+            raise TransientError(f"{len(release)} rows found no stream responder")
+        return len(claim.rows) + len(claim.buried)
+
+    async def _settle(
+        self,
+        *,
+        acked: list[int],
+        retry: list[store.Failure],
+        dead: list[store.Failure],
+        release: list[int],
+    ) -> None:
+        """Record a batch's outcome in one short transaction."""
+        async with self.engine.begin() as conn:
+            await store.delete_sent(conn, acked)
+            await store.retry_later(conn, retry)
+            await store.mark_dead(conn, dead)
+            await store.release(conn, release)
+        self.stats.retried += len(retry)
+        self.stats.dead += len(dead)
+        self.stats.released += len(release)
+        for failure in dead:
+            logger.error(
+                "row %s dead: %s",
+                failure.id,
+                failure.reason,
+                extra={"action": "dead_lettered", "row_id": failure.id},
+            )
+        if retry:
+            self.stats.last_error = retry[-1].reason
+            logger.warning(
+                "%d rows will be retried later, e.g. %s",
+                len(retry),
+                retry[-1].reason,
+                extra={"action": "rows_retry_later"},
+            )
+
+    # -- connection --------------------------------------------------------------------
+
+    async def _ensure_connected(self) -> None:
+        if self._client is not None and not self._closed.is_set():
+            return
+        await self._disconnect()
+        servers = await self._discovery.servers()
+        self._closed = asyncio.Event()
+        try:
+            client = await connect(self.config, servers, self._closed)
+        except Exception as exc:
+            raise TransientError(f"cannot connect to nats {', '.join(servers)}: {exc!r}") from exc
+        self._client = client
+        try:
+            js = client.jetstream(timeout=self.config.publish_timeout)
+            stream = await ensure_stream(js, self.config)
+            publisher = Publisher(
+                client,
+                timeout=self.config.publish_timeout,
+                max_in_flight=self.config.max_in_flight,
+            )
+            await publisher.start()
+        except ConfigError:
+            raise
+        except Exception as exc:
+            await self._disconnect()
+            raise TransientError(f"jetstream not ready: {exc!r}") from exc
+        self._publisher = publisher
+        self.stats.connections += 1
+        logger.info("shipping to stream %s", stream, extra={"action": "ready", "stream": stream})
+
+    async def _disconnect(self) -> None:
+        if self._publisher is not None:
+            await self._publisher.close()
+            self._publisher = None
+        client, self._client = self._client, None
+        if client is not None and not client.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.drain(), self.config.shutdown_timeout)
+            if not client.is_closed:
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+    # -- lease, store, shutdown --------------------------------------------------------
+
+    async def _open_store(self) -> None:
+        if self._engine is None:
+            self._engine = create_outbox_engine(self.config.database_url)
+        async with self._engine.begin() as conn:
+            await conn.run_sync(migrate.upgrade)
+
+    async def _wait_for_lease(self) -> bool:
+        announced = False
+        while not self._stop.is_set():
+            async with self.engine.begin() as conn:
+                now = time.time()
+                if await store.take_lease(
+                    conn, name=LEASE_NAME, owner=self.owner, now=now, ttl=self.config.lease_ttl
+                ):
+                    logger.info(
+                        "holding the outbox lease as %s",
+                        self.owner,
+                        extra={"action": "lease_taken"},
+                    )
+                    return True
+                holder = await store.lease_holder(conn, name=LEASE_NAME)
+            if not announced:
+                who, until = holder or ("?", now)
+                logger.warning(
+                    "another shipper (%s) is shipping this outbox; waiting for its lease, "
+                    "which expires in %.0f s unless renewed",
+                    who,
+                    until - now,
+                    extra={"action": "lease_wait", "holder": who},
+                )
+                announced = True
+            await self._sleep(self.config.lease_ttl / 3)
+        return False
+
+    async def _keep_lease(self) -> None:
+        while not self._stop.is_set():
+            await self._sleep(self.config.lease_ttl / 3)
+            try:
+                async with self.engine.begin() as conn:
+                    held = await store.take_lease(
+                        conn,
+                        name=LEASE_NAME,
+                        owner=self.owner,
+                        now=time.time(),
+                        ttl=self.config.lease_ttl,
+                    )
+            except SQLAlchemyError as exc:
+                logger.warning(
+                    "could not renew the lease: %s", exc, extra={"action": "lease_renew_failed"}
+                )
+                continue
+            if not held:
+                logger.error(
+                    "lost the outbox lease to another shipper; stopping",
+                    extra={"action": "lease_lost"},
+                )
+                self.stop()
+
+    async def _shutdown(self) -> None:
+        await self._disconnect()
+        if self._engine is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                async with self._engine.begin() as conn:
+                    await store.drop_lease(conn, name=LEASE_NAME, owner=self.owner)
+            if self._own_engine:
+                await self._engine.dispose()
+        logger.info("stopped: %s", self.stats, extra={"action": "stopped"})
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when a stop is asked for."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    def _log_backoff(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        self.stats.last_error = str(error)
+        if self._failing_since is None:
+            self._failing_since = time.time()
+            logger.warning(
+                "backing off: %s",
+                error,
+                extra={"action": "backoff_started"},
+            )
+        else:
+            logger.debug("still backing off (attempt %d): %s", state.attempt_number, error)
