@@ -73,6 +73,11 @@ lease_table = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("owner", sa.String(200), nullable=False),
     sa.Column("expires_at", sa.Double(), nullable=False),
+    # The id range the holder has claimed and not yet settled. A new holder that finds it
+    # set knows the previous one died mid-publish, and counts an attempt on those rows:
+    # attempts are counted as started without writing every claimed row.
+    sa.Column("in_flight_from", sa.BigInteger(), nullable=True),
+    sa.Column("in_flight_to", sa.BigInteger(), nullable=True),
 )
 
 #: alembic's version table for this project's history, apart from a host service's own.

@@ -8,7 +8,6 @@ read, and changed, in one place.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from outbox.contract import UsageEvent, contract_headers
+from outbox.contract import EVENT_TYPE, UsageEvent
 from outbox.schema import DEAD, PENDING, lease_table, outbox_table
 
 _t = outbox_table.c
@@ -26,13 +25,20 @@ _t = outbox_table.c
 INSERT = outbox_table.insert()
 
 
+def stored_headers(event_id: str) -> str:
+    """The ``headers`` column as the write API stores it: the contract headers as compact
+    JSON. Spelled out rather than ``json.dumps``-ed because the shipper compares every row
+    against it; for a UUID ``event_id`` the text is identical."""
+    return f'{{"event_type":"{EVENT_TYPE}","Nats-Msg-Id":"{event_id}"}}'
+
+
 def event_rows(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
     """Outbox rows for validated events, ready for ``connection.execute(INSERT, rows)``."""
     return [
         {
             "event_id": e.event_id,
             "subject": e.subject,
-            "headers": json.dumps(contract_headers(e.event_id), separators=(",", ":")),
+            "headers": stored_headers(e.event_id),
             "payload": e.payload,
             "created_at": e.created_at,
         }
@@ -64,7 +70,11 @@ class Failure:
 
 _SELECT_DUE = (
     sa.select(_t.id, _t.event_id, _t.subject, _t.headers, _t.payload, _t.created_at, _t.attempts)
-    .where(_t.state == PENDING, _t.next_attempt_at <= sa.bindparam("now"))
+    .where(
+        _t.state == PENDING,
+        _t.next_attempt_at <= sa.bindparam("now"),
+        _t.id > sa.bindparam("after"),
+    )
     .order_by(_t.id)
     .limit(sa.bindparam("limit"))
 )
@@ -74,6 +84,7 @@ _SELECT_DUE = (
 class Claim:
     rows: list[OutboxRow]  # to publish now, in order
     buried: list[OutboxRow]  # moved to dead: every attempt they were given started, none acked
+    more: bool  # more due rows may follow (the limit was reached or the batch was cut short)
 
 
 def _exhausted_reason(max_attempts: int) -> sa.ColumnElement[str]:
@@ -82,16 +93,30 @@ def _exhausted_reason(max_attempts: int) -> sa.ColumnElement[str]:
     )
 
 
-async def claim(conn: AsyncConnection, *, now: float, limit: int, max_attempts: int) -> Claim:
-    """Claim the next due rows in order and count an attempt started on each.
+def suspect_batch_limit(limit: int, attempts: int) -> int:
+    """How many rows may share a batch with a row that already had ``attempts`` attempts.
 
-    A row that already has an attempt started (the process died or a publish failed while
-    it was in flight) is claimed alone, so a poison row only ever takes itself down; once
-    ``max_attempts`` attempts started and none ended in an ack it goes to ``dead``, which
-    is what stops a row that crashes the shipper from looping forever.
+    A row in flight when the shipper died once is most likely innocent (a deploy, an OOM
+    kill), so it rides in a full batch; each further failed attempt quarters the batch it
+    may share, so a row that really does crash the shipper ends up alone, reaches
+    ``max_attempts`` and goes to ``dead`` without taking its neighbours along.
     """
-    result = await conn.execute(_SELECT_DUE, {"now": now, "limit": limit})
+    return max(1, limit >> (2 * max(0, attempts - 1)))  # limit / 4^(attempts-1)
+
+
+async def claim(
+    conn: AsyncConnection, *, now: float, limit: int, max_attempts: int, after: int = 0
+) -> Claim:
+    """Select the next due rows with ``id > after``, in order, for publishing.
+
+    ``after`` lets a shipper claim the next batch while the previous one, whose rows are
+    still pending, is in flight. The claim itself writes nothing per row: the caller
+    records the claimed range with :func:`set_in_flight`, and attempts are counted from
+    it (:func:`recover_in_flight`) only if the shipper dies before settling.
+    """
+    result = await conn.execute(_SELECT_DUE, {"now": now, "limit": limit, "after": after})
     candidates = [OutboxRow(*row) for row in result]
+    more = len(candidates) >= limit
     buried = [row for row in candidates if row.attempts >= max_attempts]
     if buried:
         await conn.execute(
@@ -100,57 +125,81 @@ async def claim(conn: AsyncConnection, *, now: float, limit: int, max_attempts: 
             .values(state=DEAD, last_error=_exhausted_reason(max_attempts))
         )
         candidates = [row for row in candidates if row.attempts < max_attempts]
-    if not candidates:
-        return Claim([], buried)
-    if candidates[0].attempts > 0:
-        batch = candidates[:1]
-    else:
-        batch = []
-        for row in candidates:
-            if row.attempts > 0:
-                break
-            batch.append(row)
-    # The batch is a run of consecutive due pending rows with no attempt yet, and the
-    # caller's transaction (BEGIN IMMEDIATE on SQLite, under the lease) keeps anyone else
-    # from changing them meanwhile, so a range update touches exactly these rows.
+    batch: list[OutboxRow] = []
+    most_attempts = 0
+    for row in candidates:
+        most_attempts = max(most_attempts, row.attempts)
+        if len(batch) >= suspect_batch_limit(limit, most_attempts):
+            break
+        batch.append(row)
+    return Claim(batch, buried, more or len(batch) < len(candidates))
+
+
+async def set_in_flight(
+    conn: AsyncConnection, *, name: str, owner: str, span: tuple[int, int] | None
+) -> None:
+    """Record the id range claimed and not yet settled (None once all is settled)."""
+    first, last = span if span is not None else (None, None)
     await conn.execute(
-        sa.update(outbox_table)
-        .where(
-            _t.id.between(batch[0].id, batch[-1].id),
-            _t.state == PENDING,
-            _t.next_attempt_at <= now,
+        sa.update(lease_table)
+        .where(lease_table.c.name == name, lease_table.c.owner == owner)
+        .values(in_flight_from=first, in_flight_to=last)
+    )
+
+
+async def recover_in_flight(conn: AsyncConnection, *, name: str) -> int:
+    """After taking the lease: if the previous holder died with rows in flight, count an
+    attempt started on each of them. Returns the number of rows counted."""
+    span = (
+        await conn.execute(
+            sa.select(lease_table.c.in_flight_from, lease_table.c.in_flight_to).where(
+                lease_table.c.name == name
+            )
         )
+    ).first()
+    if span is None or span[0] is None:
+        return 0
+    result = await conn.execute(
+        sa.update(outbox_table)
+        .where(_t.id.between(span[0], span[1]), _t.state == PENDING)
         .values(attempts=_t.attempts + 1)
     )
-    return Claim(batch, buried)
+    await conn.execute(
+        sa.update(lease_table)
+        .where(lease_table.c.name == name)
+        .values(in_flight_from=None, in_flight_to=None)
+    )
+    return result.rowcount or 0
+
+
+def _ids_in(ids: Sequence[int]) -> sa.ColumnElement[bool]:
+    # A batch is usually a run of consecutive ids: a range is far cheaper to compile and
+    # run than an IN list of a thousand parameters.
+    first, last = min(ids), max(ids)
+    if last - first + 1 == len(ids) == len(set(ids)):
+        return _t.id.between(first, last)
+    return _t.id.in_(ids)
 
 
 async def delete_sent(conn: AsyncConnection, ids: Sequence[int]) -> int:
     """Remove rows JetStream acknowledged. Only ever called with acknowledged ids."""
     if not ids:
         return 0
-    result = await conn.execute(sa.delete(outbox_table).where(_t.id.in_(ids)))
+    result = await conn.execute(sa.delete(outbox_table).where(_ids_in(ids)))
     return result.rowcount or 0
 
 
-async def release(conn: AsyncConnection, ids: Sequence[int]) -> None:
-    """Hand rows back untouched: the attempt did not fail because of them (NATS was down,
-    the shipper is stopping), so it must not count towards ``max_attempts``."""
-    if ids:
-        await conn.execute(
-            sa.update(outbox_table)
-            .where(_t.id.in_(ids), _t.attempts > 0)
-            .values(attempts=_t.attempts - 1)
-        )
-
-
 async def retry_later(conn: AsyncConnection, failures: Sequence[Failure]) -> None:
-    """Record a per-row failure; the attempt stays counted and the row waits its backoff."""
+    """Record a per-row failure: one more attempt counted, and the row waits its backoff."""
     if failures:
         await conn.execute(
             sa.update(outbox_table)
             .where(_t.id == sa.bindparam("row_id"))
-            .values(last_error=sa.bindparam("reason"), next_attempt_at=sa.bindparam("at")),
+            .values(
+                attempts=_t.attempts + 1,
+                last_error=sa.bindparam("reason"),
+                next_attempt_at=sa.bindparam("at"),
+            ),
             [{"row_id": f.id, "reason": f.reason, "at": f.retry_at} for f in failures],
         )
 

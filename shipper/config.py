@@ -59,6 +59,7 @@ class ShipperConfig:
     retry_base: float = 1.0
     retry_cap: float = 300.0
     backoff_cap: float = 5.0
+    parse_payloads: bool = False  # full JSON check of every payload, not just its envelope
     lease_ttl: float = 15.0
     shutdown_timeout: float = 10.0
     exit_when_idle: bool = False

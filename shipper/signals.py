@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 logger = logging.getLogger("shipper.signals")
 
@@ -14,9 +14,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: asyncio.Event, *, enabled: bool = True) -> Iterator[None]:
-    """While the block runs, SIGTERM and SIGINT set ``stop`` instead of killing the
-    process. ``enabled=False`` leaves signals alone (tests, embedding in another app)."""
+def stop_on_signals(request: Callable[[], None], *, enabled: bool = True) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT call ``request`` (e.g. ``Shipper.stop``)
+    instead of killing the process. ``enabled=False`` leaves signals alone (tests,
+    embedding in another application)."""
     if not enabled:
         yield
         return
@@ -24,7 +25,7 @@ def stop_on_signals(stop: asyncio.Event, *, enabled: bool = True) -> Iterator[No
 
     def request_stop(signum: signal.Signals) -> None:
         logger.info("received %s, stopping", signum.name, extra={"action": "stop_requested"})
-        stop.set()
+        request()
 
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, request_stop, signum)

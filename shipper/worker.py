@@ -1,7 +1,8 @@
 """The shipper: claim due rows, publish them to JetStream, settle what the acks say.
 
 Read top to bottom: :meth:`Shipper.run` (start-up, the loop, shutdown), :meth:`_step`
-(connect if needed, then :meth:`drain_once`), :meth:`drain_once` (claim, publish, settle).
+(connect if needed, then :meth:`drain`), :meth:`drain` (claim, publish, settle, with the
+database work of one batch overlapping the publishing of the one before).
 Nothing is deleted from the outbox before its PubAck; every other outcome leaves the row
 pending (released, or retried after its backoff) or moves it to ``dead`` with the reason.
 """
@@ -55,6 +56,45 @@ class ShipperStats:
     @property
     def delivered(self) -> int:
         return self.published + self.duplicates
+
+
+@dataclass
+class Batch:
+    """Claimed rows, split into messages to publish and rows refused before publishing."""
+
+    rows: list[store.OutboxRow]
+    full: bool
+    messages: list[Message] = field(default_factory=list)
+    sendable: list[store.OutboxRow] = field(default_factory=list)
+    refused: list[store.Failure] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def last_id(self) -> int:
+        return self.rows[-1].id
+
+
+@dataclass
+class Settlement:
+    """What to write about rows once their fate is known (see :mod:`outbox.store`)."""
+
+    acked: list[int] = field(default_factory=list)
+    retry: list[store.Failure] = field(default_factory=list)
+    dead: list[store.Failure] = field(default_factory=list)
+    release: list[int] = field(default_factory=list)  # handed back as they were: no write
+    trouble: str | None = None  # connection-level trouble met while publishing
+
+    def __bool__(self) -> bool:  # anything to write?
+        return bool(self.acked or self.retry or self.dead)
+
+    def absorb(self, other: Settlement) -> None:
+        self.acked.extend(other.acked)
+        self.retry.extend(other.retry)
+        self.dead.extend(other.dead)
+        self.release.extend(other.release)
 
 
 def retry_at(attempts: int, *, now: float, base: float, cap: float) -> float:
@@ -144,23 +184,84 @@ class Shipper:
             return 0
         await self._ensure_connected()
         try:
-            return await self.drain_once()
+            return await self.drain()
         except SQLAlchemyError as exc:
             # Locked past busy_timeout, disk full on the delete: the rows are still there
             # and the acknowledged ones will come back as JetStream duplicates.
             raise TransientError(f"outbox database: {exc}") from exc
 
-    async def drain_once(self) -> int:
-        """Claim one batch, publish it, settle it. Returns the number of rows claimed."""
+    async def drain(self) -> int:
+        """Ship batches until a claim comes back short; return the rows claimed.
+
+        The database work for one batch (settling the batch before it, claiming the next)
+        runs while the batch before is in flight, so the loop costs the slower of the two,
+        not their sum. Outcomes are written one step late, never before their PubAck.
+        """
+        unsettled = Settlement()
+        batch = await self._transact(unsettled, claim_after=0)
+        claimed = 0
+        while batch is not None:
+            claimed += batch.size
+            flight = asyncio.create_task(self._publish(batch))
+            following: Batch | None = None
+            try:
+                if batch.full and not self._stop.is_set():
+                    following = await self._transact(
+                        unsettled, claim_after=batch.last_id, in_flight=batch
+                    )
+                    unsettled = Settlement()
+            except BaseException:
+                unsettled.absorb(await flight)
+                with contextlib.suppress(Exception):
+                    await self._transact(unsettled, claim_after=None)
+                raise
+            outcome = await flight
+            unsettled.absorb(outcome)
+            if outcome.trouble is not None:
+                if following is not None:
+                    unsettled.release.extend(row.id for row in following.rows)
+                await self._transact(unsettled, claim_after=None)
+                raise TransientError(outcome.trouble)
+            batch = following
+        await self._transact(unsettled, claim_after=None)
+        return claimed
+
+    async def _transact(
+        self, settlement: Settlement, *, claim_after: int | None, in_flight: Batch | None = None
+    ) -> Batch | None:
+        """One short transaction: record ``settlement``; then, unless ``claim_after`` is
+        None, check the lease and claim the next batch after that id (``in_flight`` is the
+        batch still being published meanwhile). Records what is left in flight, so a
+        successor can count an attempt on those rows if this process dies."""
         now = time.time()
         async with self.engine.begin() as conn:
-            if not await store.holds_lease(
-                conn, name=LEASE_NAME, owner=self.owner, now=now, ttl=self.config.lease_ttl
-            ):
-                raise LeaseLost("another shipper took this outbox's lease")
-            claim = await store.claim(
-                conn, now=now, limit=self.config.batch_size, max_attempts=self.config.max_attempts
-            )
+            if settlement:
+                await store.delete_sent(conn, settlement.acked)
+                await store.retry_later(conn, settlement.retry)
+                await store.mark_dead(conn, settlement.dead)
+            claim = None
+            if claim_after is None:
+                await store.set_in_flight(conn, name=LEASE_NAME, owner=self.owner, span=None)
+            else:
+                if not await store.holds_lease(
+                    conn, name=LEASE_NAME, owner=self.owner, now=now, ttl=self.config.lease_ttl
+                ):
+                    raise LeaseLost("another shipper took this outbox's lease")
+                claim = await store.claim(
+                    conn,
+                    now=now,
+                    limit=self.config.batch_size,
+                    max_attempts=self.config.max_attempts,
+                    after=claim_after,
+                )
+                if claim.rows:
+                    first = (in_flight or claim).rows[0].id
+                    await store.set_in_flight(
+                        conn, name=LEASE_NAME, owner=self.owner, span=(first, claim.rows[-1].id)
+                    )
+        self._record(settlement)
+        if claim is None:
+            return None
         for row in claim.buried:
             self.stats.dead += 1
             logger.error(
@@ -171,88 +272,81 @@ class Shipper:
                 extra={"action": "dead_lettered", "event_id": row.event_id},
             )
         if not claim.rows:
-            return len(claim.buried)
+            return None
+        return self._prepare(claim.rows, full=claim.more)
+
+    def _prepare(self, rows: list[store.OutboxRow], *, full: bool) -> Batch:
         publisher = self._publisher
         assert publisher is not None
-        messages: list[Message] = []
-        sendable: list[store.OutboxRow] = []
-        dead: list[store.Failure] = []
-        for row in claim.rows:
-            prepared = to_message(row, max_payload=publisher.max_payload, verify_payload=True)
+        batch = Batch(rows=rows, full=full)
+        for row in rows:
+            prepared = to_message(
+                row, max_payload=publisher.max_payload, parse_payload=self.config.parse_payloads
+            )
             if isinstance(prepared, Refusal):
-                dead.append(store.Failure(row.id, prepared.reason))
+                batch.refused.append(store.Failure(row.id, prepared.reason))
             else:
-                messages.append(prepared)
-                sendable.append(row)
+                batch.messages.append(prepared)
+                batch.sendable.append(row)
+        return batch
+
+    async def _publish(self, batch: Batch) -> Settlement:
+        """Publish a batch and say what should become of each row. Never raises for
+        connection trouble: it hands the rows back and reports the trouble."""
+        publisher = self._publisher
+        assert publisher is not None
+        outcome = Settlement(dead=list(batch.refused))
         try:
-            results = await publisher.publish(messages) if messages else []
-        except TransientError:
-            await self._settle(acked=[], retry=[], dead=dead, release=[r.id for r in sendable])
-            raise
-        acked: list[int] = []
-        retry: list[store.Failure] = []
-        release: list[int] = []
+            results = await publisher.publish(batch.messages) if batch.messages else []
+        except TransientError as exc:
+            outcome.release.extend(row.id for row in batch.sendable)
+            outcome.trouble = str(exc)
+            return outcome
         now = time.time()
-        for row, result in zip(sendable, results, strict=True):
+        unreachable = 0
+        for row, result in zip(batch.sendable, results, strict=True):
             if result.outcome is Outcome.STORED:
                 self.stats.published += 1
-                acked.append(row.id)
+                outcome.acked.append(row.id)
             elif result.outcome is Outcome.DUPLICATE:
                 self.stats.duplicates += 1
-                acked.append(row.id)
+                outcome.acked.append(row.id)
             elif result.outcome is Outcome.UNREACHABLE:
-                release.append(row.id)
+                unreachable += 1
+                outcome.release.append(row.id)
             elif result.outcome is Outcome.REJECTED:
-                dead.append(store.Failure(row.id, result.detail))
+                outcome.dead.append(store.Failure(row.id, result.detail))
             else:
-                retry.append(
-                    store.Failure(
-                        row.id,
-                        result.detail,
-                        retry_at(
-                            row.attempts + 1,
-                            now=now,
-                            base=self.config.retry_base,
-                            cap=self.config.retry_cap,
-                        ),
-                    )
+                at = retry_at(
+                    row.attempts + 1,
+                    now=now,
+                    base=self.config.retry_base,
+                    cap=self.config.retry_cap,
                 )
-        await self._settle(acked=acked, retry=retry, dead=dead, release=release)
+                outcome.retry.append(store.Failure(row.id, result.detail, at))
         self.stats.batches += 1
-        if release:
-            raise TransientError(f"{len(release)} rows found no stream responder")
-        return len(claim.rows) + len(claim.buried)
+        if unreachable:
+            outcome.trouble = f"{unreachable} messages found no stream responder"
+        return outcome
 
-    async def _settle(
-        self,
-        *,
-        acked: list[int],
-        retry: list[store.Failure],
-        dead: list[store.Failure],
-        release: list[int],
-    ) -> None:
-        """Record a batch's outcome in one short transaction."""
-        async with self.engine.begin() as conn:
-            await store.delete_sent(conn, acked)
-            await store.retry_later(conn, retry)
-            await store.mark_dead(conn, dead)
-            await store.release(conn, release)
-        self.stats.retried += len(retry)
-        self.stats.dead += len(dead)
-        self.stats.released += len(release)
-        for failure in dead:
+    def _record(self, settlement: Settlement) -> None:
+        """Count and log a settlement once it is committed."""
+        self.stats.retried += len(settlement.retry)
+        self.stats.dead += len(settlement.dead)
+        self.stats.released += len(settlement.release)
+        for failure in settlement.dead:
             logger.error(
                 "row %s dead: %s",
                 failure.id,
                 failure.reason,
                 extra={"action": "dead_lettered", "row_id": failure.id},
             )
-        if retry:
-            self.stats.last_error = retry[-1].reason
+        if settlement.retry:
+            self.stats.last_error = settlement.retry[-1].reason
             logger.warning(
                 "%d rows will be retried later, e.g. %s",
-                len(retry),
-                retry[-1].reason,
+                len(settlement.retry),
+                settlement.retry[-1].reason,
                 extra={"action": "rows_retry_later"},
             )
 
@@ -315,11 +409,19 @@ class Shipper:
                 if await store.take_lease(
                     conn, name=LEASE_NAME, owner=self.owner, now=now, ttl=self.config.lease_ttl
                 ):
+                    counted = await store.recover_in_flight(conn, name=LEASE_NAME)
                     logger.info(
                         "holding the outbox lease as %s",
                         self.owner,
                         extra={"action": "lease_taken"},
                     )
+                    if counted:
+                        logger.warning(
+                            "the previous shipper stopped with %d rows in flight; counted an "
+                            "attempt on each",
+                            counted,
+                            extra={"action": "in_flight_recovered"},
+                        )
                     return True
                 holder = await store.lease_holder(conn, name=LEASE_NAME)
             if not announced:

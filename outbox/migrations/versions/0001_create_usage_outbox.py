@@ -68,6 +68,8 @@ def upgrade() -> None:
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("owner", sa.String(200), nullable=False),
         sa.Column("expires_at", sa.Double(), nullable=False),
+        sa.Column("in_flight_from", sa.BigInteger(), nullable=True),
+        sa.Column("in_flight_to", sa.BigInteger(), nullable=True),
     )
 
 

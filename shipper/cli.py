@@ -1,0 +1,369 @@
+"""``usage-shipper``: run the shipper, and the operator commands around an outbox.
+
+Every ``run`` option can also come from an environment variable; ``--help`` names it.
+A bad setting ends the process at start-up with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from outbox import store
+from outbox.errors import ConfigError, OutboxError
+from outbox.service import DEFAULT_PATH, resolve_url
+from outbox.sqlite import create_outbox_engine
+from shipper.config import ShipperConfig
+from shipper.logs import configure_logging
+from shipper.signals import stop_on_signals
+from shipper.worker import Shipper
+
+EXIT_CONFIG = 2
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _servers(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, its environment variable, its config field and parser."""
+
+    flag: str
+    env: str
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--database-url",
+        "USAGE_OUTBOX_URL",
+        "database_url",
+        resolve_url,
+        "outbox database: SQLAlchemy URL or SQLite file path (default ./usage-outbox.db)",
+    ),
+    Option(
+        "--nats-url",
+        "NATS_URL",
+        "nats_servers",
+        _servers,
+        "NATS servers, comma-separated (default nats://127.0.0.1:4222; "
+        "NATS_HOST + NATS_PORT also work)",
+    ),
+    Option("--nats-user", "NATS_USER", "nats_user", str, "NATS user"),
+    Option("--nats-password", "NATS_PASSWORD", "nats_password", str, "NATS password", secret=True),
+    Option("--nats-token", "NATS_TOKEN", "nats_token", str, "NATS token", secret=True),
+    Option(
+        "--nats-nkey-seed",
+        "NATS_NKEY_SEED_FILE",
+        "nats_nkey_seed_file",
+        str,
+        "file holding an NKey seed",
+    ),
+    Option(
+        "--nats-creds", "NATS_CREDS_FILE", "nats_creds_file", str, "NATS .creds file (JWT + seed)"
+    ),
+    Option("--tls-ca", "NATS_TLS_CA_FILE", "tls_ca_file", str, "CA file to verify NATS with"),
+    Option("--tls-cert", "NATS_TLS_CERT_FILE", "tls_cert_file", str, "client certificate"),
+    Option("--tls-key", "NATS_TLS_KEY_FILE", "tls_key_file", str, "client certificate key"),
+    Option(
+        "--consul-host",
+        "CONSUL_HOST",
+        "consul_host",
+        str,
+        "Consul agent host; unset = no discovery, use --nats-url",
+    ),
+    Option("--consul-port", "CONSUL_PORT", "consul_port", int, "Consul port (default 8500)"),
+    Option("--consul-scheme", "CONSUL_SCHEME", "consul_scheme", str, "http or https"),
+    Option(
+        "--consul-token", "CONSUL_HTTP_TOKEN", "consul_token", str, "Consul ACL token", secret=True
+    ),
+    Option(
+        "--consul-service",
+        "CONSUL_NATS_SERVICE",
+        "consul_service",
+        str,
+        "Consul service name of NATS (default nats)",
+    ),
+    Option("--stream", "USAGE_STREAM", "stream", str, "JetStream stream name (default USAGE)"),
+    Option(
+        "--create-stream",
+        "USAGE_CREATE_STREAM",
+        "create_stream",
+        _bool,
+        "create the stream when none captures the subjects (default true)",
+    ),
+    Option(
+        "--duplicate-window",
+        "USAGE_DUPLICATE_WINDOW",
+        "duplicate_window",
+        float,
+        "de-duplication window of a created stream, seconds (default 600)",
+    ),
+    Option(
+        "--replicas",
+        "USAGE_STREAM_REPLICAS",
+        "replicas",
+        int,
+        "replicas of a created stream (default 1)",
+    ),
+    Option(
+        "--batch-size",
+        "SHIPPER_BATCH_SIZE",
+        "batch_size",
+        int,
+        "rows claimed per batch (default 1000)",
+    ),
+    Option(
+        "--max-in-flight",
+        "SHIPPER_MAX_IN_FLIGHT",
+        "max_in_flight",
+        int,
+        "unacknowledged publishes at most (default 4000)",
+    ),
+    Option(
+        "--poll-interval",
+        "SHIPPER_POLL_INTERVAL",
+        "poll_interval",
+        float,
+        "seconds between polls of an idle outbox (default 0.05)",
+    ),
+    Option(
+        "--publish-timeout",
+        "SHIPPER_PUBLISH_TIMEOUT",
+        "publish_timeout",
+        float,
+        "seconds to wait for a PubAck (default 5)",
+    ),
+    Option(
+        "--max-attempts",
+        "SHIPPER_MAX_ATTEMPTS",
+        "max_attempts",
+        int,
+        "attempts before a row goes to dead (default 8)",
+    ),
+    Option(
+        "--retry-base",
+        "SHIPPER_RETRY_BASE",
+        "retry_base",
+        float,
+        "first per-row retry delay, seconds (default 1)",
+    ),
+    Option(
+        "--retry-cap",
+        "SHIPPER_RETRY_CAP",
+        "retry_cap",
+        float,
+        "longest per-row retry delay, seconds (default 300)",
+    ),
+    Option(
+        "--backoff-cap",
+        "SHIPPER_BACKOFF_CAP",
+        "backoff_cap",
+        float,
+        "longest pause while NATS is unreachable, seconds (default 5)",
+    ),
+    Option(
+        "--parse-payloads",
+        "SHIPPER_PARSE_PAYLOADS",
+        "parse_payloads",
+        _bool,
+        "parse every payload as JSON before publishing, not just its envelope",
+    ),
+    Option(
+        "--lease-ttl",
+        "SHIPPER_LEASE_TTL",
+        "lease_ttl",
+        float,
+        "seconds a dead shipper's lease blocks a successor (default 15)",
+    ),
+    Option(
+        "--shutdown-timeout",
+        "SHIPPER_SHUTDOWN_TIMEOUT",
+        "shutdown_timeout",
+        float,
+        "seconds to wait for in-flight acks when stopping (default 10)",
+    ),
+    Option(
+        "--exit-when-idle",
+        "SHIPPER_EXIT_WHEN_IDLE",
+        "exit_when_idle",
+        _bool,
+        "drain what is due, then exit (burst mode)",
+    ),
+    Option("--log-format", "SHIPPER_LOG_FORMAT", "log_format", str, "text or json"),
+    Option("--log-level", "SHIPPER_LOG_LEVEL", "log_level", str, "DEBUG, INFO, WARNING..."),
+)
+
+
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for option in options:
+        parser.add_argument(
+            option.flag,
+            dest=option.field,
+            default=None,
+            metavar="VALUE",
+            help=f"{option.help} [env {option.env}]",
+        )
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ShipperConfig:
+    """Flags win over environment variables, which win over the defaults."""
+    values: dict[str, Any] = {}
+    if "NATS_URL" not in env and env.get("NATS_HOST"):
+        values["nats_servers"] = (f"nats://{env['NATS_HOST']}:{env.get('NATS_PORT', '4222')}",)
+    for option in OPTIONS:
+        raw = getattr(args, option.field, None)
+        if raw is None:
+            raw = env.get(option.env)
+        if raw is None:
+            continue
+        try:
+            values[option.field] = option.parse(raw)
+        except ValueError as exc:
+            shown = "***" if option.secret else raw
+            raise ConfigError(f"{option.flag} / {option.env}: bad value {shown!r}: {exc}") from exc
+    try:
+        config = ShipperConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
+    return config.validate()
+
+
+def _outbox_url(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """The outbox an operator command reads; it must exist (these commands create nothing)."""
+    url = resolve_url(args.database_url or env.get("USAGE_OUTBOX_URL") or DEFAULT_PATH)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        raise ConfigError(f"no outbox database at {parsed.database}")
+    return url
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="usage-shipper", description="Ship usage events from an outbox to NATS JetStream."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="ship until SIGTERM/SIGINT")
+    _add_options(run, OPTIONS)
+    database_only = [o for o in OPTIONS if o.field == "database_url"]
+    status = commands.add_parser("status", help="pending and dead counts, oldest age, last error")
+    _add_options(status, database_only)
+    dead = commands.add_parser("dead", help="list or requeue dead rows")
+    dead_commands = dead.add_subparsers(dest="dead_command", required=True)
+    listing = dead_commands.add_parser("list", help="list dead rows with their reasons")
+    _add_options(listing, database_only)
+    listing.add_argument("--limit", type=int, default=100)
+    requeue = dead_commands.add_parser("requeue", help="make dead rows pending again")
+    _add_options(requeue, database_only)
+    requeue.add_argument("ids", nargs="*", type=int, help="row ids (see dead list)")
+    requeue.add_argument("--all", action="store_true", help="requeue every dead row")
+    return parser
+
+
+async def _run(config: ShipperConfig) -> int:
+    shipper = Shipper(config)
+    with stop_on_signals(shipper.stop):
+        await shipper.run()
+    return 0
+
+
+async def _with_store(url: str, action: Callable[[Any], Any]) -> None:
+    engine = create_outbox_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await action(conn)
+    finally:
+        await engine.dispose()
+
+
+async def _status(url: str) -> None:
+    async def show(conn: Any) -> None:
+        current = await store.status(conn)
+        age = (
+            "-"
+            if current.oldest_pending_at is None
+            else (f"{time.time() - current.oldest_pending_at:.1f} s")
+        )
+        print(f"pending             {current.pending}")
+        print(f"oldest pending age  {age}")
+        print(f"dead                {current.dead}")
+        print(f"last error          {current.last_error or '-'}")
+
+    await _with_store(url, show)
+
+
+async def _dead_list(url: str, limit: int) -> None:
+    async def show(conn: Any) -> None:
+        rows = await store.dead_rows(conn, limit=limit)
+        print(f"{'id':>8}  {'event_id':36}  {'attempts':>8}  reason")
+        for row in rows:
+            print(f"{row.id:>8}  {row.event_id:36}  {row.attempts:>8}  {row.last_error}")
+        print(f"({len(rows)} dead rows shown)")
+
+    await _with_store(url, show)
+
+
+async def _dead_requeue(url: str, ids: list[int] | None) -> None:
+    async def requeue(conn: Any) -> None:
+        count = await store.requeue_dead(conn, ids)
+        print(f"requeued {count} dead rows")
+
+    await _with_store(url, requeue)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    environment = os.environ if env is None else env
+    try:
+        if args.command == "run":
+            config = build_config(args, environment)
+            configure_logging(config.log_format, config.log_level)
+            logging.getLogger("shipper").info(
+                "starting with %s", config.redacted(), extra={"action": "starting"}
+            )
+            return asyncio.run(_run(config))
+        url = _outbox_url(args, environment)
+        configure_logging("text", "WARNING")
+        if args.command == "status":
+            asyncio.run(_status(url))
+        elif args.dead_command == "list":
+            asyncio.run(_dead_list(url, args.limit))
+        else:
+            if not args.ids and not args.all:
+                raise ConfigError("dead requeue: give row ids or --all")
+            asyncio.run(_dead_requeue(url, None if args.all else args.ids))
+        return 0
+    except ConfigError as exc:
+        print(f"usage-shipper: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (OutboxError, SQLAlchemyError, OSError) as exc:
+        print(f"usage-shipper: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
