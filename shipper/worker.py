@@ -398,8 +398,7 @@ class Shipper:
     async def _open_store(self) -> None:
         if self._engine is None:
             self._engine = create_outbox_engine(self.config.database_url)
-        async with self._engine.begin() as conn:
-            await conn.run_sync(migrate.upgrade)
+        await migrate.upgrade_engine(self._engine)
 
     async def _wait_for_lease(self) -> bool:
         announced = False
