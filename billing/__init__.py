@@ -1,0 +1,1 @@
+"""Billing consumer for usage events (see billing/consumer.py)."""

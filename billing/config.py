@@ -1,0 +1,190 @@
+"""Consumer settings: one frozen, keyword-only dataclass, from flags and environment.
+
+Every setting has a default here and an environment variable (:data:`ENV`); the command
+line overrides both. :meth:`BillingConfig.validate` reports the first problem as a
+one-line :class:`BillingConfigError`, at start-up, never an hour later.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from billing.db import DEFAULT_DATABASE_URL
+from billing.errors import BillingConfigError
+
+DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
+#: What the consumer reads: every usage subject, also multi-token ones if a stream has them.
+FILTER_SUBJECT: Final = "billing.usage.recorded.>"
+#: What a stream billing creates captures (the same as the shipper's).
+STREAM_SUBJECT: Final = "billing.usage.recorded.*"
+
+#: Setting name -> environment variable.
+ENV: Final = {
+    "database_url": "BILLING_DATABASE_URL",
+    "nats_url": "NATS_URL",
+    # The stream settings are shared with the shipper: one variable names it for both.
+    "stream": "USAGE_STREAM",
+    "durable": "BILLING_DURABLE",
+    "create_stream": "USAGE_CREATE_STREAM",
+    "batch_size": "BILLING_BATCH_SIZE",
+    "max_ack_pending": "BILLING_MAX_ACK_PENDING",
+    "ack_wait": "BILLING_ACK_WAIT",
+    "fetch_timeout": "BILLING_FETCH_TIMEOUT",
+    "max_deliveries": "BILLING_MAX_DELIVERIES",
+    "retry_delay": "BILLING_RETRY_DELAY",
+    "connect_timeout": "BILLING_CONNECT_TIMEOUT",
+    "migrate": "BILLING_MIGRATE",
+    "log_format": "BILLING_LOG_FORMAT",
+    "log_level": "BILLING_LOG_LEVEL",
+}
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class BillingConfig:
+    #: Where billing's tables live (SQLite file by default, or PostgreSQL by URL).
+    database_url: str = DEFAULT_DATABASE_URL
+    #: One NATS URL, or several separated by commas (a cluster).
+    nats_url: str = DEFAULT_NATS_URL
+    #: JetStream stream holding the usage events (created when missing and allowed).
+    stream: str = "USAGE"
+    #: Durable consumer name: the server remembers what this name has acknowledged.
+    durable: str = "billing"
+    create_stream: bool = True
+    #: Messages fetched per request, and applied per database transaction.
+    batch_size: int = 256
+    #: Delivered but unacknowledged messages the server allows at once.
+    max_ack_pending: int = 2048
+    #: Seconds before the server redelivers an unacknowledged message.
+    ack_wait: float = 30.0
+    #: Seconds one fetch waits for messages; also the longest a stop waits for a fetch.
+    fetch_timeout: float = 1.0
+    #: Deliveries a message that cannot be stored gets before it is parked as rejected.
+    max_deliveries: int = 5
+    #: Seconds before a message that could not be stored is redelivered.
+    retry_delay: float = 2.0
+    connect_timeout: float = 2.0
+    #: Run billing's migrations before consuming.
+    migrate: bool = True
+    #: ``text`` for people, ``json`` for log pipelines.
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+    def redacted(self) -> dict[str, object]:
+        """The settings with passwords in URLs hidden, for a start-up log line."""
+        shown: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
+        shown["nats_url"] = ",".join(_hide_password(url) for url in self.nats_servers)
+        return shown
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> BillingConfig:
+        """Defaults, then environment variables, then ``overrides`` (not validated)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV[f.name])
+            if raw is not None and raw.strip() != "":
+                values[f.name] = parse_setting(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def validate(self) -> BillingConfig:
+        """Raise :class:`BillingConfigError` naming the setting and the problem; return self."""
+        try:
+            url = make_url(self.database_url)
+        except ArgumentError as exc:
+            raise BillingConfigError(
+                f"database url {self.database_url!r} is not a valid URL"
+            ) from exc
+        backend = url.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise BillingConfigError(
+                f"database url: {backend} is not supported (sqlite, postgresql)"
+            )
+        if backend == "sqlite" and url.database not in (None, "", ":memory:"):
+            parent = Path(url.database).resolve().parent
+            if not parent.is_dir() or not os.access(parent, os.W_OK):
+                raise BillingConfigError(
+                    f"database url: directory {parent} does not exist or is read-only"
+                )
+        if not self.nats_servers:
+            raise BillingConfigError("nats url: none given")
+        for server in self.nats_servers:
+            parts = urlsplit(server)
+            if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
+                raise BillingConfigError(f"nats url {server!r}: expected nats://host:port")
+            try:
+                parts.port  # noqa: B018 - raises ValueError for a bad port
+            except ValueError as exc:
+                raise BillingConfigError(f"nats url {server!r}: {exc}") from exc
+        for name in ("stream", "durable"):
+            value = getattr(self, name)
+            if not _NAME.fullmatch(value):
+                raise BillingConfigError(f"{name} {value!r}: use letters, digits, '-' and '_' only")
+        for name in ("batch_size", "max_ack_pending", "max_deliveries"):
+            if getattr(self, name) < 1:
+                raise BillingConfigError(f"{name.replace('_', ' ')} must be at least 1")
+        for name in ("ack_wait", "fetch_timeout", "retry_delay", "connect_timeout"):
+            if not getattr(self, name) > 0:
+                raise BillingConfigError(f"{name.replace('_', ' ')} must be positive")
+        if self.max_ack_pending < self.batch_size:
+            raise BillingConfigError(
+                f"max ack pending ({self.max_ack_pending}) must be at least the batch size "
+                f"({self.batch_size}), or a fetch can never be filled"
+            )
+        if self.ack_wait <= self.fetch_timeout:
+            raise BillingConfigError(
+                "ack wait must be longer than the fetch timeout, or messages are redelivered "
+                "while their batch is still being applied"
+            )
+        if self.log_format not in ("text", "json"):
+            raise BillingConfigError(f"log format {self.log_format!r}: text or json")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise BillingConfigError(f"log level {self.log_level!r}: DEBUG, INFO, WARNING, ERROR")
+        return self
+
+
+def _hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def parse_setting(name: str, raw: str) -> Any:
+    """Convert an environment value to the setting's type; one-line error if it cannot."""
+    kind = {f.name: f.type for f in fields(BillingConfig)}[name]
+    text = raw.strip()
+    try:
+        if kind == "bool":
+            lowered = text.lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError("expected true/false")
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError as exc:
+        raise BillingConfigError(f"${ENV[name]}={raw!r}: {exc}") from exc
+    return text

@@ -1,0 +1,403 @@
+"""The billing consumer: JetStream in, one database transaction per batch, ack after commit.
+
+The loop, top to bottom::
+
+    run(stop):  start -> while not stop: step() -> close
+    step():     fetch a batch -> process(batch)
+    process():  decode each -> apply all in ONE transaction -> commit -> ack / term / nak
+
+Exactly-once in effect: ``billing_records`` is unique on ``event_id`` and is written in the
+same transaction as the debit and the wallet update, and the messages are acknowledged
+only after that transaction commits. A crash before the commit loses nothing (the server
+redelivers); a crash after the commit and before the acks makes the server redeliver
+events that the inbox then recognises: acked, nothing changed.
+
+Per message:
+
+* billed / unpriced / duplicate -> ``ack``;
+* not JSON or breaks the contract -> stored in ``rejected_events`` with the reason, in
+  the same transaction, then ``term`` (AckTerm: never redelivered);
+* the database refused the batch -> the batch is retried one message per transaction, so
+  one bad message cannot hold back the others; a message that still fails is ``nak``-ed
+  with a delay, and after ``max_deliveries`` deliveries parked in ``rejected_events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, fields
+from types import TracebackType
+from typing import Self
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from billing import jetstream, migrate, store
+from billing.config import BillingConfig
+from billing.db import create_billing_engine
+from billing.decode import decode_usage_event
+from billing.errors import BillingError, InvalidPayload
+from billing.report import Audit, BillingReport
+from billing.store import Delivery, Item, Outcome, Rejection, Usage
+
+logger = logging.getLogger("billing.consumer")
+
+#: Called after a batch committed and before its messages are acknowledged. Tests use it
+#: to crash the process exactly there; it is not needed in production.
+AfterCommit = Callable[[Sequence[Msg], Sequence[Outcome]], Awaitable[None]]
+
+_ACKED = frozenset({Outcome.BILLED, Outcome.UNPRICED, Outcome.DUPLICATE})
+#: Wait after a failed fetch before the next one (a broker restart, a lost connection).
+_FETCH_BACKOFF = 0.5
+_FLUSH_TIMEOUT = 5.0
+
+
+@dataclass
+class ConsumerStats:
+    """Counters since start; ``received`` counts deliveries, redeliveries included."""
+
+    received: int = 0
+    billed: int = 0
+    unpriced: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    retried: int = 0
+    batches: int = 0
+    fetch_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class BillingConsumer:
+    """A durable JetStream pull consumer that bills each usage event exactly once.
+
+    Use ``await consumer.run(stop_event)`` for a service (it starts, consumes until the
+    event is set, finishes and acknowledges the batch in hand, and closes), or
+    ``await consumer.drain(idle_timeout)`` to consume until nothing arrives for
+    ``idle_timeout`` seconds (tests, the demo), then ``await consumer.close()``
+    (or use ``async with``).
+
+    ``engine``: an async engine on the billing database to use instead of one made from
+    ``config.database_url`` (the consumer then does not dispose of it).
+    """
+
+    def __init__(
+        self,
+        config: BillingConfig,
+        *,
+        engine: AsyncEngine | None = None,
+        after_commit: AfterCommit | None = None,
+    ) -> None:
+        self.config = config.validate()
+        self.stats = ConsumerStats()
+        self._engine = engine
+        self._owns_engine = engine is None
+        self._after_commit = after_commit
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._closing = False
+        self.stream: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            self._engine = create_billing_engine(self.config.database_url)
+        return self._engine
+
+    @property
+    def started(self) -> bool:
+        return self._sub is not None
+
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        """Migrate (if configured), connect, and bind to the durable consumer.
+
+        With stream creation off, waits for a stream to appear until ``stop`` is set.
+        """
+        if self.started:
+            return
+        self._closing = False
+        if self.config.migrate:
+            await migrate.upgrade_engine(self.engine)
+        self._nc = await nats.connect(
+            servers=self.config.nats_servers,
+            name="usage-billing",
+            connect_timeout=int(max(1, self.config.connect_timeout)),
+            max_reconnect_attempts=-1,  # a consumer outlives broker restarts
+            reconnect_time_wait=1,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        self._js = self._nc.jetstream()
+        while True:
+            try:
+                self.stream, self._sub = await jetstream.subscribe(self._js, self.config)
+                break
+            except jetstream.StreamUnavailable as exc:
+                if stop is None:
+                    raise
+                logger.info("%s; waiting", exc, extra={"action": "stream_wait"})
+                if await _wait(stop, 1.0):
+                    raise
+        logger.info(
+            "consuming %s as %s",
+            self.stream,
+            self.config.durable,
+            extra={"action": "consumer_started"},
+        )
+
+    async def close(self) -> None:
+        """Close the connection (pending acks are flushed) and the engine if owned."""
+        self._sub = None
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            self._closing = True
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                async with asyncio.timeout(_FLUSH_TIMEOUT):
+                    await nc.close()
+        if self._owns_engine and self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        counters = " ".join(f"{k}={v}" for k, v in self.stats.as_dict().items())
+        return (
+            f"<BillingConsumer stream={self.stream or self.config.stream} "
+            f"durable={self.config.durable} {counters}>"
+        )
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> ConsumerStats:
+        """Consume until ``stop`` is set; the batch in hand is finished and acknowledged."""
+        stop = stop or asyncio.Event()
+        try:
+            await self.start(stop)
+            while not stop.is_set():
+                if await self.step(self.config.fetch_timeout) is None:
+                    await _wait(stop, _FETCH_BACKOFF)
+        finally:
+            await self.close()
+            logger.info("stopped: %r", self, extra={"action": "consumer_stopped"})
+        return self.stats
+
+    async def drain(self, idle_timeout: float = 1.0) -> ConsumerStats:
+        """Consume until a fetch waits ``idle_timeout`` seconds for nothing; stays open.
+
+        Returns the counters (since start, not only this call). Bound the whole call with
+        ``asyncio.timeout`` if the broker may never come back.
+        """
+        await self.start()
+        while True:
+            handled = await self.step(idle_timeout)
+            if handled == 0:
+                return self.stats
+            if handled is None:
+                await asyncio.sleep(_FETCH_BACKOFF)
+
+    async def step(self, wait: float) -> int | None:
+        """Fetch one batch (waiting up to ``wait`` s) and process it.
+
+        Returns the number of messages handled, 0 when none came, None after a fetch error
+        (the caller backs off).
+        """
+        if self._sub is None:
+            raise BillingError("the consumer is not started")
+        try:
+            messages = await self._sub.fetch(self.config.batch_size, timeout=wait)
+        except TimeoutError:  # nats' TimeoutError and FetchTimeoutError are TimeoutErrors
+            return 0
+        except nats.errors.ConnectionClosedError:
+            raise
+        except nats.js.errors.NotFoundError as exc:
+            # The consumer or its stream was deleted: set them up again.
+            self.stats.fetch_errors += 1
+            logger.warning(
+                "fetch: %s; re-creating the consumer", exc, extra={"action": "resubscribe"}
+            )
+            await self._resubscribe()
+            return None
+        except nats.errors.Error as exc:
+            self.stats.fetch_errors += 1
+            logger.warning("fetch failed: %r", exc, extra={"action": "fetch_failed"})
+            return None
+        await self.process(messages)
+        return len(messages)
+
+    async def process(self, messages: Sequence[Msg]) -> list[Outcome]:
+        """Decode, apply in one transaction, then acknowledge each message by its outcome."""
+        items = [_decode(message) for message in messages]
+        outcomes = await self._apply(items)
+        if self._after_commit is not None:
+            await self._after_commit(messages, outcomes)
+        await self._settle(messages, outcomes)
+        self._count(outcomes)
+        return outcomes
+
+    # -- steps -----------------------------------------------------------------------------
+
+    async def _apply(self, items: Sequence[Item]) -> list[Outcome]:
+        try:
+            return await self._apply_in_transaction(items)
+        except Exception as exc:
+            if len(items) == 1:
+                return [await self._failed(items[0], exc)]
+            logger.warning(
+                "batch of %d failed (%r); applying one by one",
+                len(items),
+                exc,
+                extra={"action": "batch_failed"},
+            )
+        outcomes = []
+        for item in items:
+            try:
+                outcomes.extend(await self._apply_in_transaction([item]))
+            except Exception as exc:
+                outcomes.append(await self._failed(item, exc))
+        return outcomes
+
+    async def _apply_in_transaction(self, items: Sequence[Item]) -> list[Outcome]:
+        async with self.engine.begin() as conn:
+            return await store.apply_batch(conn, items)
+
+    async def _failed(self, item: Item, exc: Exception) -> Outcome:
+        """One message could not be stored: retry later, or park it after enough tries."""
+        delivery = item.delivery
+        logger.warning(
+            "message %s seq %d (delivery %d) not stored: %r",
+            delivery.stream,
+            delivery.stream_seq,
+            delivery.deliveries,
+            exc,
+            extra={"action": "message_failed"},
+        )
+        if delivery.deliveries < self.config.max_deliveries:
+            return Outcome.RETRY
+        payload = item.payload
+        event_id = item.record.event_id if isinstance(item, Usage) else item.event_id
+        reason = f"not stored after {delivery.deliveries} deliveries: {type(exc).__name__}: {exc}"
+        parked = Rejection(delivery, payload, reason[:2000], event_id=event_id)
+        try:
+            return (await self._apply_in_transaction([parked]))[0]
+        except Exception as park_exc:
+            logger.error(
+                "could not park message seq %d: %r",
+                delivery.stream_seq,
+                park_exc,
+                extra={"action": "park_failed"},
+            )
+            return Outcome.RETRY
+
+    async def _settle(self, messages: Sequence[Msg], outcomes: Sequence[Outcome]) -> None:
+        """Acknowledge after the commit; a lost ack only means a redelivery the inbox absorbs."""
+        for message, outcome in zip(messages, outcomes, strict=True):
+            try:
+                if outcome in _ACKED:
+                    await message.ack()
+                elif outcome is Outcome.REJECTED:
+                    await message.term()
+                else:
+                    await message.nak(delay=self.config.retry_delay)
+            except nats.errors.Error as exc:
+                logger.warning("ack failed: %r", exc, extra={"action": "ack_failed"})
+        if self._nc is not None:
+            try:
+                await self._nc.flush(timeout=int(_FLUSH_TIMEOUT))
+            except (nats.errors.Error, TimeoutError) as exc:
+                logger.warning("acks not confirmed: %r", exc, extra={"action": "ack_flush_failed"})
+
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.received += len(outcomes)
+        for outcome in outcomes:
+            if outcome is Outcome.BILLED:
+                stats.billed += 1
+            elif outcome is Outcome.UNPRICED:
+                stats.unpriced += 1
+            elif outcome is Outcome.DUPLICATE:
+                stats.duplicates += 1
+            elif outcome is Outcome.REJECTED:
+                stats.rejected += 1
+            else:
+                stats.retried += 1
+
+    async def _resubscribe(self) -> None:
+        if self._js is None:
+            return
+        try:
+            self.stream, self._sub = await jetstream.subscribe(self._js, self.config)
+        except (nats.errors.Error, BillingError) as exc:
+            logger.warning("re-subscribe failed: %r", exc, extra={"action": "resubscribe_failed"})
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def report(self) -> BillingReport:
+        async with self.engine.connect() as conn:
+            return await store.report(conn)
+
+    async def audit(self) -> Audit:
+        async with self.engine.connect() as conn:
+            return await store.audit(conn)
+
+    # -- connection events -----------------------------------------------------------------
+
+    async def _on_error(self, exc: Exception) -> None:
+        logger.warning("nats: %r", exc, extra={"action": "nats_error"})
+
+    async def _on_disconnected(self) -> None:
+        if not self._closing:
+            logger.warning("nats disconnected", extra={"action": "nats_disconnected"})
+
+    async def _on_reconnected(self) -> None:
+        logger.info("nats reconnected", extra={"action": "nats_reconnected"})
+
+
+def _decode(message: Msg) -> Item:
+    metadata = message.metadata
+    delivery = Delivery(
+        stream=metadata.stream,
+        stream_seq=metadata.sequence.stream,
+        subject=message.subject,
+        deliveries=metadata.num_delivered,
+    )
+    try:
+        return Usage(delivery, decode_usage_event(message.data), message.data)
+    except InvalidPayload as exc:
+        return Rejection(delivery, message.data, exc.reason, event_id=exc.event_id)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``stop``; True when it is set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    return stop.is_set()
+
+
+async def run_consumer(config: BillingConfig, stop: asyncio.Event | None = None) -> ConsumerStats:
+    """Convenience: ``BillingConsumer(config).run(stop)``."""
+    return await BillingConsumer(config).run(stop)

@@ -1,0 +1,54 @@
+"""Engines for the billing database: SQLite by default, PostgreSQL by URL.
+
+SQLite gets the outbox's settings (:mod:`outbox.sqlite`): WAL, ``busy_timeout`` and
+``BEGIN IMMEDIATE``, so the consumer, ``usage-billing report`` and ``prices set`` can use
+the file at the same time and every conflict is a short, bounded wait. ``BEGIN IMMEDIATE``
+also serialises writers, which the per-batch transaction relies on. On PostgreSQL the
+wallet update is a single atomic ``INSERT ... ON CONFLICT DO UPDATE``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from outbox.sqlite import configure_sqlite, is_sqlite
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///billing.db"
+
+# Async drivers and the sync driver alembic's command line uses for the same database.
+_SYNC_DRIVERS = {"sqlite+aiosqlite": "sqlite", "postgresql+asyncpg": "postgresql+psycopg"}
+
+
+def sync_url(url: str | sa.URL) -> sa.URL:
+    """The same database through a synchronous driver (for alembic's command line)."""
+    parsed = make_url(url)
+    return parsed.set(drivername=_SYNC_DRIVERS.get(parsed.drivername, parsed.drivername))
+
+
+def async_url(url: str | sa.URL) -> sa.URL:
+    """The same database through an async driver (``sqlite`` becomes aiosqlite)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if parsed.drivername in ("postgresql", "postgresql+psycopg2"):
+        return parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def create_billing_engine(url: str | sa.URL, **engine_kwargs: Any) -> AsyncEngine:
+    """An async engine; on SQLite with WAL, busy_timeout and BEGIN IMMEDIATE."""
+    engine = create_async_engine(async_url(url), **engine_kwargs)
+    if is_sqlite(engine.url):
+        configure_sqlite(engine.sync_engine)
+    return engine
+
+
+def create_billing_sync_engine(url: str | sa.URL, **engine_kwargs: Any) -> sa.Engine:
+    engine = sa.create_engine(sync_url(url), **engine_kwargs)
+    if is_sqlite(engine.url):
+        configure_sqlite(engine)
+    return engine
