@@ -251,7 +251,7 @@ async def _report(db: BillingDatabase, *, as_json: bool) -> int:
 
 async def _price_set(db: BillingDatabase, product_id: str, unit_type: str, price: str) -> int:
     stored = await db.set_price(product_id, unit_type, price)
-    print(f"{product_id} per {unit_type}: {stored}")
+    print(f"{product_id} per {unit_type}: {stored:f}")
     return EXIT_OK
 
 
@@ -260,7 +260,7 @@ async def _price_list(db: BillingDatabase) -> int:
     width = max((len(p.product_id) for p in rows), default=7)
     print(f"{'product':{width}}  {'unit':7}  price")
     for p in rows:
-        print(f"{p.product_id:{width}}  {p.unit_type:7}  {p.unit_price}")
+        print(f"{p.product_id:{width}}  {p.unit_type:7}  {p.unit_price:f}")
     return EXIT_OK
 
 

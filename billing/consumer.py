@@ -107,6 +107,8 @@ class BillingConsumer:
         self._sub: JetStreamContext.PullSubscription | None = None
         self._closing = False
         self.stream: str | None = None
+        #: ``new``, ``waiting_for_stream``, ``consuming`` or ``closed``.
+        self.state = "new"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -148,9 +150,12 @@ class BillingConsumer:
             except jetstream.StreamUnavailable as exc:
                 if stop is None:
                     raise
-                logger.info("%s; waiting", exc, extra={"action": "stream_wait"})
+                if self.state != "waiting_for_stream":
+                    self.state = "waiting_for_stream"
+                    logger.info("%s; waiting", exc, extra={"action": "stream_wait"})
                 if await _wait(stop, 1.0):
                     raise
+        self.state = "consuming"
         logger.info(
             "consuming %s as %s",
             self.stream,
@@ -161,6 +166,8 @@ class BillingConsumer:
     async def close(self) -> None:
         """Close the connection (pending acks are flushed) and the engine if owned."""
         self._sub = None
+        if self.state != "new":
+            self.state = "closed"
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
             self._closing = True
@@ -185,7 +192,7 @@ class BillingConsumer:
     def __repr__(self) -> str:
         counters = " ".join(f"{k}={v}" for k, v in self.stats.as_dict().items())
         return (
-            f"<BillingConsumer stream={self.stream or self.config.stream} "
+            f"<BillingConsumer {self.state} stream={self.stream or self.config.stream} "
             f"durable={self.config.durable} {counters}>"
         )
 

@@ -70,7 +70,7 @@ def compute_charge(usage_amount: Decimal, unit_price: Decimal) -> Decimal:
     exact = _CONTEXT.multiply(usage_amount, unit_price)
     charge = exact.quantize(CHARGE_QUANTUM, rounding=ROUNDING, context=_CONTEXT)
     if charge > MAX_CHARGE:
-        raise PricingError(f"charge {charge} is over the {MAX_CHARGE} limit for one event")
+        raise PricingError(f"charge {charge:f} is over the {MAX_CHARGE} limit for one event")
     return charge
 
 

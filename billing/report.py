@@ -11,6 +11,11 @@ from decimal import Decimal
 from typing import Any
 
 
+def money(value: Decimal) -> str:
+    """A decimal in plain notation, every stored place kept (``str`` would give ``7.5E-8``)."""
+    return f"{value:f}"
+
+
 @dataclass(frozen=True, slots=True)
 class UserTotals:
     user_id: str
@@ -56,16 +61,16 @@ class BillingReport:
                     "user_id": u.user_id,
                     "billed_events": u.billed_events,
                     "unpriced_events": u.unpriced_events,
-                    "charged": str(u.charged),
-                    "balance": str(u.balance),
+                    "charged": money(u.charged),
+                    "balance": money(u.balance),
                 }
                 for u in self.users
             ],
             "billed_events": self.billed_events,
             "unpriced_events": self.unpriced_events,
             "rejected_events": self.rejected_events,
-            "total_charged": str(self.total_charged),
-            "total_balance": str(self.total_balance),
+            "total_charged": money(self.total_charged),
+            "total_balance": money(self.total_balance),
             "unpriced_products": [
                 {"product_id": p.product_id, "unit_type": p.unit_type, "events": p.events}
                 for p in self.unpriced_products
@@ -95,15 +100,21 @@ def format_table(report: BillingReport) -> str:
     """The report as a plain-text table, one line per user, then the totals."""
     headers = ("user", "billed", "unpriced", "charged", "balance")
     rows = [
-        (u.user_id, str(u.billed_events), str(u.unpriced_events), str(u.charged), str(u.balance))
+        (
+            u.user_id,
+            str(u.billed_events),
+            str(u.unpriced_events),
+            money(u.charged),
+            money(u.balance),
+        )
         for u in report.users
     ]
     total = (
         "TOTAL",
         str(report.billed_events),
         str(report.unpriced_events),
-        str(report.total_charged),
-        str(report.total_balance),
+        money(report.total_charged),
+        money(report.total_balance),
     )
     widths = [max(len(r[i]) for r in [headers, *rows, total]) for i in range(len(headers))]
 

@@ -32,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.decode import UsageRecord
-from billing.pricing import PricingError, compute_charge
+from billing.pricing import CHARGE_QUANTUM, PricingError, compute_charge
 from billing.report import Audit, BillingReport, UnpricedProduct, UserTotals
 from billing.schema import (
     BILLED,
@@ -44,6 +44,8 @@ from billing.schema import (
     wallet_transactions,
     wallets,
 )
+
+_ZERO = Decimal(0).quantize(CHARGE_QUANTUM)
 
 # Rows per INSERT statement: keeps every statement under SQLite's bound-parameter limit.
 _CHUNK = 500
@@ -170,6 +172,9 @@ async def apply_batch(
             }
         )
 
+    # In event_id order: two PostgreSQL consumers inserting overlapping batches then wait
+    # on each other's unique-index entries in the same order and cannot deadlock.
+    record_rows.sort(key=lambda row: str(row["event_id"]))
     inserted = await _insert_records(conn, record_rows)
     deltas: dict[str, Decimal] = {}
     debits: list[dict[str, Any]] = []
@@ -411,8 +416,8 @@ async def report(conn: AsyncConnection) -> BillingReport:
                 user_id=user,
                 billed_events=int(billed),
                 unpriced_events=int(unpriced),
-                charged=charged if charged is not None else Decimal(0),
-                balance=balances.get(user, Decimal(0)),
+                charged=charged if charged is not None else _ZERO,
+                balance=balances.get(user, _ZERO),
             )
         )
     rejected = await conn.scalar(sa.select(sa.func.count()).select_from(rejected_events))
@@ -427,8 +432,8 @@ async def report(conn: AsyncConnection) -> BillingReport:
         billed_events=sum(u.billed_events for u in users),
         unpriced_events=sum(u.unpriced_events for u in users),
         rejected_events=int(rejected or 0),
-        total_charged=sum((u.charged for u in users), Decimal(0)),
-        total_balance=sum((u.balance for u in users), Decimal(0)),
+        total_charged=sum((u.charged for u in users), _ZERO),
+        total_balance=sum((u.balance for u in users), _ZERO),
         unpriced_products=tuple(UnpricedProduct(p, u, int(n)) for p, u, n in unpriced_products),
     )
 
@@ -482,7 +487,7 @@ async def audit(conn: AsyncConnection) -> Audit:
             problems.append(f"user {user} has transactions but no wallet")
         elif balances[user] != expected:
             problems.append(
-                f"wallet {user}: balance {balances[user]} != sum of transactions {expected}"
+                f"wallet {user}: balance {balances[user]:f} != sum of transactions {expected:f}"
             )
     return Audit(
         records=int(await conn.scalar(sa.select(sa.func.count()).select_from(r)) or 0),
