@@ -5,4 +5,5 @@ from __future__ import annotations
 pytest_plugins = [
     "tests.fixtures.databases",
     "tests.fixtures.nats",
+    "tests.fixtures.billing",
 ]
