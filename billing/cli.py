@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -330,7 +331,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except BillingConfigError as exc:
         print(f"usage-billing: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (PricingError, BillingError, SQLAlchemyError, OSError) as exc:
+    except (PricingError, BillingError, SQLAlchemyError, OSError, nats.errors.Error) as exc:
         print(f"usage-billing: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

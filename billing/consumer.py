@@ -58,6 +58,7 @@ _ACKED = frozenset({Outcome.BILLED, Outcome.UNPRICED, Outcome.DUPLICATE})
 #: Wait after a failed fetch before the next one (a broker restart, a lost connection).
 _FETCH_BACKOFF = 0.5
 _FLUSH_TIMEOUT = 5.0
+_CONNECT_BACKOFF = 2.0
 
 
 @dataclass
@@ -107,7 +108,7 @@ class BillingConsumer:
         self._sub: JetStreamContext.PullSubscription | None = None
         self._closing = False
         self.stream: str | None = None
-        #: ``new``, ``waiting_for_stream``, ``consuming`` or ``closed``.
+        #: ``new``, ``connecting``, ``waiting_for_stream``, ``consuming`` or ``closed``.
         self.state = "new"
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -122,27 +123,23 @@ class BillingConsumer:
     def started(self) -> bool:
         return self._sub is not None
 
-    async def start(self, stop: asyncio.Event | None = None) -> None:
+    async def start(self, stop: asyncio.Event | None = None) -> bool:
         """Migrate (if configured), connect, and bind to the durable consumer.
 
-        With stream creation off, waits for a stream to appear until ``stop`` is set.
+        Without ``stop`` an unreachable NATS or a missing stream (with creation off)
+        raises. With ``stop``, both are waited for, and setting ``stop`` meanwhile makes
+        this return False (not started).
         """
         if self.started:
-            return
+            return True
         self._closing = False
         if self.config.migrate:
             await migrate.upgrade_engine(self.engine)
-        self._nc = await nats.connect(
-            servers=self.config.nats_servers,
-            name="usage-billing",
-            connect_timeout=int(max(1, self.config.connect_timeout)),
-            max_reconnect_attempts=-1,  # a consumer outlives broker restarts
-            reconnect_time_wait=1,
-            error_cb=self._on_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-        )
-        self._js = self._nc.jetstream()
+        self.state = "connecting"
+        nc = await self._connect(stop)
+        if nc is None:
+            return False
+        self._nc, self._js = nc, nc.jetstream()
         while True:
             try:
                 self.stream, self._sub = await jetstream.subscribe(self._js, self.config)
@@ -154,7 +151,7 @@ class BillingConsumer:
                     self.state = "waiting_for_stream"
                     logger.info("%s; waiting", exc, extra={"action": "stream_wait"})
                 if await _wait(stop, 1.0):
-                    raise
+                    return False
         self.state = "consuming"
         logger.info(
             "consuming %s as %s",
@@ -162,6 +159,30 @@ class BillingConsumer:
             self.config.durable,
             extra={"action": "consumer_started"},
         )
+        return True
+
+    async def _connect(self, stop: asyncio.Event | None) -> NatsClient | None:
+        """Connect; with a ``stop`` event, keep trying until NATS answers or stop is set."""
+        while True:
+            try:
+                return await nats.connect(
+                    servers=self.config.nats_servers,
+                    name="usage-billing",
+                    connect_timeout=int(max(1, self.config.connect_timeout)),
+                    max_reconnect_attempts=-1,  # once connected, outlive broker restarts
+                    reconnect_time_wait=1,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                if stop is None:
+                    raise
+                logger.warning(
+                    "cannot reach NATS (%r); retrying", exc, extra={"action": "nats_unreachable"}
+                )
+                if await _wait(stop, _CONNECT_BACKOFF):
+                    return None
 
     async def close(self) -> None:
         """Close the connection (pending acks are flushed) and the engine if owned."""
@@ -202,7 +223,8 @@ class BillingConsumer:
         """Consume until ``stop`` is set; the batch in hand is finished and acknowledged."""
         stop = stop or asyncio.Event()
         try:
-            await self.start(stop)
+            if not await self.start(stop):
+                return self.stats
             while not stop.is_set():
                 if await self.step(self.config.fetch_timeout) is None:
                     await _wait(stop, _FETCH_BACKOFF)

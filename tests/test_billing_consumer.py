@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -191,6 +193,7 @@ async def test_two_consumers_racing_on_postgresql_charge_once(
     await first.start()
     await second.start()
     await asyncio.gather(first.drain(0.5), second.drain(0.5))
+    assert first.stats.received and second.stats.received, "both instances took work"
     assert first.stats.received + second.stats.received == 240
     assert first.stats.billed + second.stats.billed == 120
     assert first.stats.duplicates + second.stats.duplicates == 120
@@ -493,3 +496,40 @@ async def test_stop_finishes_the_batch_in_hand_and_acknowledges_it(
     assert stats.unpriced == 5
     assert not consumer.started
     assert await _consumer_state(jetstream, config) == (0, 0), "acked before closing"
+
+
+async def test_stopped_while_waiting_for_the_stream_run_returns_cleanly(
+    billing_config: ConfigFactory, make_consumer: ConsumerFactory
+) -> None:
+    consumer = make_consumer(billing_config(create_stream=False))
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    await wait_until(lambda: consumer.state == "waiting_for_stream", what="waiting")
+    stop.set()
+    stats = await asyncio.wait_for(task, 5)
+    assert stats.received == 0
+    assert consumer.state == "closed"
+
+
+async def test_the_consumer_can_start_before_nats_and_connects_when_it_comes_up(
+    tmp_path: Path, nats_server_binary: str, billing_url: str, make_consumer: ConsumerFactory
+) -> None:
+    with socket.socket() as sock:  # a port with nothing listening on it, yet
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    config = BillingConfig(
+        database_url=billing_url, nats_url=f"nats://127.0.0.1:{port}", fetch_timeout=0.5
+    )
+    consumer = make_consumer(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    server = NatsServer(tmp_path / "late-nats", port=port, binary=nats_server_binary)
+    try:
+        await wait_until(lambda: consumer.state == "connecting", what="connecting")
+        assert not task.done(), "an unreachable NATS is waited for, not fatal"
+        await asyncio.to_thread(server.start)
+        await wait_until(lambda: consumer.state == "consuming", what=f"consuming: {consumer!r}")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await asyncio.to_thread(server.stop)
