@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.databases",
     "tests.fixtures.nats",
     "tests.fixtures.billing",
+    "tests.fixtures.shipper",
 ]
