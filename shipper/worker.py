@@ -17,7 +17,9 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import tenacity
 from nats.aio.client import Client
@@ -359,7 +361,7 @@ class Shipper:
         servers = await self._discovery.servers()
         self._closed = asyncio.Event()
         try:
-            client = await connect(self.config, servers, self._closed)
+            client = await self._unless_stopped(connect(self.config, servers, self._closed))
         except Exception as exc:
             raise TransientError(f"cannot connect to nats {', '.join(servers)}: {exc!r}") from exc
         self._client = client
@@ -380,6 +382,23 @@ class Shipper:
         self._publisher = publisher
         self.stats.connections += 1
         logger.info("shipping to stream %s", stream, extra={"action": "ready", "stream": stream})
+
+    async def _unless_stopped(self, connecting: Coroutine[Any, Any, Client]) -> Client:
+        """Await ``connecting`` unless a stop comes first. nats-py's first connect retries
+        each server ``max_reconnect_attempts`` times, ``reconnect_time_wait`` apart (for
+        ever when that is negative), so a stop must not wait for it."""
+        task = asyncio.create_task(connecting, name="shipper-connect")
+        stopping = asyncio.create_task(self._stop.wait(), name="shipper-connect-stop")
+        try:
+            await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, stopping, return_exceptions=True)
+        if task.cancelled():
+            raise TransientError("stopped while connecting")
+        return task.result()
 
     async def _disconnect(self) -> None:
         if self._publisher is not None:
