@@ -19,6 +19,11 @@ from outbox.subject import SUBJECT_PREFIX
 from shipper.publisher import Message
 
 _SUBJECT = re.compile(re.escape(SUBJECT_PREFIX) + r"\.[^\s.*>]+")
+# What nats-py accepts as a header name (an RFC 7230 token); it raises BadHeaderError for
+# anything else, out of the publish and so out of the shipper. Values may not hold CR/LF:
+# nats-py would rewrite them to spaces, sending a header other than the stored one.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_LINE_BREAK = re.compile(r"[\r\n]")
 _HEADER_LINE_OVERHEAD = len(": \r\n")
 _HEADER_BLOCK_OVERHEAD = len("NATS/1.0\r\n\r\n")
 _decode = json.JSONDecoder().decode
@@ -51,6 +56,11 @@ def _headers(row: OutboxRow) -> dict[str, str] | str:
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         return "headers are not a JSON object of strings"
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            return f"header name {name[:100]!r} is not a valid NATS header name"
+        if _LINE_BREAK.search(value):
+            return f"header {name!r} has a line break in its value"
     if headers.get("Nats-Msg-Id") != row.event_id:
         # Without it JetStream cannot de-duplicate a retry: refusing beats double billing risk.
         return "headers lack Nats-Msg-Id equal to the row's event_id"
