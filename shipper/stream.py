@@ -11,7 +11,7 @@ import logging
 
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig, StreamInfo
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from shipper.config import STREAM_SUBJECT, ShipperConfig
 from shipper.errors import StreamMismatch
@@ -70,15 +70,26 @@ async def ensure_stream(js: JetStreamContext, config: ShipperConfig) -> str:
         raise StreamMismatch(
             f"no stream captures {STREAM_SUBJECT!r} and --no-create-stream was given"
         )
-    await js.add_stream(
-        StreamConfig(
-            name=config.stream,
-            subjects=[STREAM_SUBJECT],
-            storage=StorageType.FILE,
-            num_replicas=config.replicas,
-            duplicate_window=config.duplicate_window,
+    try:
+        await js.add_stream(
+            StreamConfig(
+                name=config.stream,
+                subjects=[STREAM_SUBJECT],
+                storage=StorageType.FILE,
+                num_replicas=config.replicas,
+                duplicate_window=config.duplicate_window,
+            )
         )
-    )
+    except APIError as exc:
+        if isinstance(exc, ServiceUnavailableError) or exc.code not in (400, 500):
+            raise  # no JetStream leader yet, or the like: worth a retry
+        # A refusal of the request itself (subjects overlapping an operator's stream,
+        # replicas the deployment cannot hold...): retrying cannot fix it, an operator can.
+        raise StreamMismatch(
+            f"cannot create stream {config.stream!r} on {STREAM_SUBJECT!r}: "
+            f"{exc.description} (JetStream {exc.code}/{exc.err_code})"
+            f"{await _overlapping(js)}"
+        ) from exc
     logger.info(
         "created stream %s on %s",
         config.stream,
@@ -86,6 +97,31 @@ async def ensure_stream(js: JetStreamContext, config: ShipperConfig) -> str:
         extra={"action": "stream_created"},
     )
     return config.stream
+
+
+async def _overlapping(js: JetStreamContext) -> str:
+    """``"; stream X holds subjects [...]"`` for streams that take part of the subjects."""
+    try:
+        streams = await js.streams_info()
+    except Exception:  # only an explanation is lost
+        return ""
+    clashes = [
+        f"stream {info.config.name!r} holds {info.config.subjects}"
+        for info in streams
+        if any(subjects_collide(p, STREAM_SUBJECT) for p in info.config.subjects or [])
+    ]
+    return "; " + ", ".join(clashes) if clashes else ""
+
+
+def subjects_collide(a: str, b: str) -> bool:
+    """Whether some subject matches both patterns ``a`` and ``b``."""
+    left, right = a.split("."), b.split(".")
+    for x, y in zip(left, right, strict=False):
+        if ">" in (x, y):
+            return True
+        if x != y and "*" not in (x, y):
+            return False
+    return len(left) == len(right)
 
 
 def _warn_on_dedupe_window(info: StreamInfo, config: ShipperConfig) -> None:
