@@ -28,6 +28,10 @@ def _ask_consul(config: ShipperConfig) -> list[str]:
         token=config.consul_token,
         connections_timeout=config.consul_timeout,
     )
+    if config.consul_token is not None:
+        # py-consul lets CONSUL_HTTP_TOKEN in the environment override the token it is
+        # given; the configured one (a flag beats the environment) is the one to send.
+        client.token = config.consul_token
     _index, entries = client.health.service(config.consul_service, passing=True)
     servers: list[str] = []
     for entry in entries or []:
