@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -86,6 +86,21 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--nats-creds", "NATS_CREDS_FILE", "nats_creds_file", str, "NATS .creds file (JWT + seed)"
     ),
+    Option(
+        "--connect-timeout",
+        "NATS_CONNECT_TIMEOUT",
+        "connect_timeout",
+        float,
+        "seconds to wait for a NATS connection (default 2)",
+    ),
+    Option(
+        "--max-reconnect-attempts",
+        "NATS_MAX_RECONNECT_ATTEMPTS",
+        "max_reconnect_attempts",
+        int,
+        "reconnects per server before a connection is given up and a new one built "
+        "(default 10; negative = for ever)",
+    ),
     Option("--tls-ca", "NATS_TLS_CA_FILE", "tls_ca_file", str, "CA file to verify NATS with"),
     Option("--tls-cert", "NATS_TLS_CERT_FILE", "tls_cert_file", str, "client certificate"),
     Option("--tls-key", "NATS_TLS_KEY_FILE", "tls_key_file", str, "client certificate key"),
@@ -98,6 +113,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("--consul-port", "CONSUL_PORT", "consul_port", int, "Consul port (default 8500)"),
     Option("--consul-scheme", "CONSUL_SCHEME", "consul_scheme", str, "http or https"),
+    Option(
+        "--consul-timeout",
+        "CONSUL_TIMEOUT",
+        "consul_timeout",
+        float,
+        "seconds to wait for Consul's answer (default 2)",
+    ),
     Option(
         "--consul-token", "CONSUL_HTTP_TOKEN", "consul_token", str, "Consul ACL token", secret=True
     ),
@@ -262,8 +284,15 @@ def _outbox_url(args: argparse.Namespace, env: Mapping[str, str]) -> str:
     return url
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors (``usage-shipper: ...``, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"usage-shipper: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="usage-shipper", description="Ship usage events from an outbox to NATS JetStream."
     )
     commands = parser.add_subparsers(dest="command", required=True)

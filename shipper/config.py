@@ -6,6 +6,7 @@ traceback an hour later. Secrets are kept out of ``repr`` so a logged config is 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,20 @@ from outbox.subject import SUBJECT_PREFIX
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 STREAM_SUBJECT = f"{SUBJECT_PREFIX}.*"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its credentials, for logs: ``nats://user:pw@h:4222`` and
+    ``nats://token@h:4222`` become ``nats://***@h:4222``; a database URL keeps its user."""
+    if "@" not in url:
+        return url
+    if "://" in url and not url.startswith(("nats:", "tls:", "ws:", "wss:")):
+        try:
+            return make_url(url).render_as_string(hide_password=True)
+        except ArgumentError:
+            pass
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}" if rest else "***"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,16 +143,30 @@ class ShipperConfig:
             raise ConfigError("duplicate window must be at least 0.1 s")
         if not 1 <= self.consul_port <= 65535:
             raise ConfigError(f"consul port {self.consul_port} is out of range")
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise ConfigError(
+                f"log level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}"
+            )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log format must be text or json, got {self.log_format!r}")
         if self.lease_ttl <= self.backoff_cap:
             raise ConfigError("lease ttl must be longer than the backoff cap")
         return self
 
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"ShipperConfig({settings})"
+
     def redacted(self) -> dict[str, object]:
         """The settings with every secret replaced, for a start-up log line."""
         shown: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            shown[f.name] = "***" if (not f.repr and value) else value
+            if not f.repr and value:
+                value = "***"
+            elif f.name == "database_url":
+                value = redact_url(value)
+            elif f.name == "nats_servers":
+                value = tuple(redact_url(server) for server in value)
+            shown[f.name] = value
         return shown

@@ -77,9 +77,10 @@ async def connect(config: ShipperConfig, servers: list[str], closed: asyncio.Eve
         error_cb=on_error,
         **connect_options(config),
     )
+    url = client.connected_url
     logger.info(
         "connected to nats %s",
-        client.connected_url.netloc if client.connected_url else servers,
+        f"{url.hostname}:{url.port}" if url else "?",  # the netloc may carry credentials
         extra={"action": "nats_connected"},
     )
     return client

@@ -14,7 +14,7 @@ from typing import Any
 
 import consul
 
-from shipper.config import ShipperConfig
+from shipper.config import ShipperConfig, redact_url
 from shipper.errors import DiscoveryError
 
 logger = logging.getLogger("shipper.discovery")
@@ -76,7 +76,7 @@ class Discovery:
                 logger.warning(
                     "consul unavailable (%s); using %s",
                     exc,
-                    ", ".join(self.config.nats_servers),
+                    ", ".join(redact_url(server) for server in self.config.nats_servers),
                     extra={"action": "discovery_fallback"},
                 )
                 self._warned = True

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import migrate, store
 from outbox.sqlite import create_outbox_engine
-from shipper.config import ShipperConfig
+from shipper.config import ShipperConfig, redact_url
 from shipper.connection import connect
 from shipper.discovery import Discovery
 from shipper.errors import ConfigError, LeaseLost, TransientError
@@ -363,7 +363,8 @@ class Shipper:
         try:
             client = await self._unless_stopped(connect(self.config, servers, self._closed))
         except Exception as exc:
-            raise TransientError(f"cannot connect to nats {', '.join(servers)}: {exc!r}") from exc
+            shown = ", ".join(redact_url(server) for server in servers)
+            raise TransientError(f"cannot connect to nats {shown}: {exc!r}") from exc
         self._client = client
         try:
             js = client.jetstream(timeout=self.config.publish_timeout)
