@@ -1,0 +1,113 @@
+"""One shipper per outbox file: a second one waits for the lease and takes over when the
+first is gone (stopped cleanly: at once; killed: once its lease expires)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shipper.natsserver import NatsServer
+from tests.fixtures.shipper import (
+    CliProcesses,
+    ShipperRunner,
+    lease,
+    msg_ids,
+    pending,
+    read_stream,
+    shipper_config,
+    shipper_env,
+    wait_until,
+    write_events,
+)
+
+TTL = 2.0
+
+
+def _records(caplog: pytest.LogCaptureFixture, action: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "action", None) == action]
+
+
+async def test_a_second_shipper_waits_and_takes_over_when_the_first_is_killed(
+    outbox_path: Path,
+    nats_server: NatsServer,
+    run_shipper: ShipperRunner,
+    cli_processes: CliProcesses,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    ids = await write_events(outbox_path, 100)
+    first = cli_processes.start(
+        "run",
+        env=shipper_env(
+            USAGE_OUTBOX_URL=str(outbox_path),
+            NATS_URL=nats_server.url,
+            SHIPPER_LEASE_TTL=str(TTL),
+            SHIPPER_BACKOFF_CAP="0.5",
+        ),
+        log_path=tmp_path / "first.log",
+    )
+    await wait_until(lambda: pending(outbox_path) == 0, 15, message="the first one ships")
+    holder = lease(outbox_path)
+    assert holder is not None and f":{first.pid}:" in holder["owner"]
+
+    second, _task = run_shipper.start(
+        shipper_config(outbox_path, nats_server.url, exit_when_idle=False, lease_ttl=TTL)
+    )
+    await wait_until(lambda: _records(caplog, "lease_wait"), message="the second one waits")
+    (waiting,) = _records(caplog, "lease_wait")
+    assert holder["owner"] in waiting.getMessage() and "waiting" in waiting.getMessage()
+
+    # While the first lives, it alone ships; the second does not even connect.
+    ids += await write_events(outbox_path, 100)
+    await wait_until(lambda: pending(outbox_path) == 0, 10, message="the first ships more")
+    assert second.stats.published == 0 and second.stats.connections == 0
+    assert lease(outbox_path)["owner"] == holder["owner"]  # type: ignore[index]
+
+    expires_before_kill = lease(outbox_path)["expires_at"]  # type: ignore[index]
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    ids += await write_events(outbox_path, 100)
+    await wait_until(lambda: pending(outbox_path) == 0, TTL + 10, message="the second took over")
+
+    (taken,) = _records(caplog, "lease_taken")
+    assert taken.created >= expires_before_kill  # not before the dead one's lease ran out
+    assert lease(outbox_path)["owner"] == second.owner  # type: ignore[index]
+    assert second.stats.published == 100  # exactly the events written after the kill
+    counts = Counter(msg_ids(await read_stream(nats_server.url)))
+    assert counts == Counter(ids)  # every event once, whoever shipped it
+
+
+async def test_a_clean_stop_hands_the_lease_over_at_once(
+    outbox_path: Path,
+    nats_server: NatsServer,
+    run_shipper: ShipperRunner,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    long_ttl = 4.5  # the waiting one looks every ttl/3
+    first, first_task = run_shipper.start(
+        shipper_config(outbox_path, nats_server.url, exit_when_idle=False, lease_ttl=long_ttl)
+    )
+    await wait_until(lambda: first.stats.connections == 1, message="first connected")
+    second, _task = run_shipper.start(
+        shipper_config(outbox_path, nats_server.url, exit_when_idle=False, lease_ttl=long_ttl)
+    )
+    await wait_until(lambda: _records(caplog, "lease_wait"), message="second waits")
+    ids = await write_events(outbox_path, 30)
+    await wait_until(lambda: pending(outbox_path) == 0, message="first ships")
+    assert (first.stats.published, second.stats.published) == (30, 0)
+
+    expires = lease(outbox_path)["expires_at"]  # type: ignore[index]
+    first.stop()
+    await first_task
+    ids += await write_events(outbox_path, 30)
+    await wait_until(lambda: pending(outbox_path) == 0, long_ttl, message="handover")
+    (taken,) = _records(caplog, "lease_taken")[1:]  # the first one's, then the second's
+    assert taken.created < expires  # handed over, not waited out
+    assert second.stats.published == 30
+    assert Counter(msg_ids(await read_stream(nats_server.url))) == Counter(ids)
