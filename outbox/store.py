@@ -252,6 +252,30 @@ async def status(conn: AsyncConnection) -> OutboxStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Backlog:
+    pending: int
+    dead: int
+    oldest_pending_at: float | None  # created_at of the first pending row in id order
+
+
+async def backlog(conn: AsyncConnection) -> Backlog:
+    """The numbers a metrics scrape reads, at a cost it can afford on a large backlog.
+
+    Every query walks the ``(state, id)`` index only: the counts scan it (about 40 ms per
+    million pending rows on SQLite), the oldest pending row is its first entry. That is
+    why the oldest row is found by id, not by ``min(created_at)`` (a scan of the table,
+    ~10x slower): ids follow write order, so it is the oldest row up to clock skew
+    between writers. :func:`status` also finds the last error, another table scan.
+    """
+    pending = await conn.scalar(sa.select(sa.func.count()).where(_t.state == PENDING))
+    dead = await conn.scalar(sa.select(sa.func.count()).where(_t.state == DEAD))
+    oldest = await conn.scalar(
+        sa.select(_t.created_at).where(_t.state == PENDING).order_by(_t.id).limit(1)
+    )
+    return Backlog(pending=pending or 0, dead=dead or 0, oldest_pending_at=oldest)
+
+
+@dataclass(frozen=True, slots=True)
 class DeadRow:
     id: int
     event_id: str
