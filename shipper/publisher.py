@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import enum
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +105,9 @@ class Publisher:
         self._waiting: dict[str, tuple[_Batch, int]] = {}
         self._sequence = 0
         self._subscription: Subscription | None = None
+        # Set by cut_short(): a stop is under way; waits for acks end by this instant.
+        self._cutoff: float | None = None
+        self._cut = asyncio.Event()
 
     async def start(self) -> None:
         self._subscription = await self._client.subscribe(
@@ -127,6 +131,12 @@ class Publisher:
     def max_payload(self) -> int:
         return self._client.max_payload
 
+    def cut_short(self, at: float) -> None:
+        """A stop is under way: wait for outstanding PubAcks until ``at`` (monotonic
+        seconds) at the latest, and send nothing more. Safe from a signal handler."""
+        self._cutoff = at if self._cutoff is None else min(at, self._cutoff)
+        self._cut.set()
+
     async def publish(self, messages: Sequence[Message]) -> list[Result]:
         """Publish ``messages`` pipelined, at most ``max_in_flight`` unanswered at once.
 
@@ -136,6 +146,10 @@ class Publisher:
         results: list[Result] = []
         step = self._max_in_flight
         for start in range(0, len(messages), step):
+            if self._cutoff is not None:  # stopping: what was not sent stays pending
+                unsent = Result(Outcome.UNREACHABLE, "not sent: the shipper is stopping")
+                results.extend([unsent] * (len(messages) - start))
+                break
             results.extend(await self._publish_window(messages[start : start + step]))
         return results
 
@@ -152,8 +166,7 @@ class Publisher:
                 await client.publish(
                     message.subject, message.payload, reply=reply, headers=message.headers
                 )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(batch.done.wait(), self._timeout)
+            await self._wait_for_acks(batch)
         except (ConnectionClosedError, OutboundBufferLimitError) as exc:
             raise TransientError(f"nats connection cannot publish: {exc!r}") from exc
         finally:
@@ -165,6 +178,25 @@ class Publisher:
                 f"no PubAck for any of {len(messages)} messages within {self._timeout} s"
             )
         return [classify(reply) for reply in batch.replies]
+
+    async def _wait_for_acks(self, batch: _Batch) -> None:
+        """Until every PubAck of ``batch`` is in, the publish timeout has passed, or the
+        deadline of a stop (:meth:`cut_short`) has, whichever comes first."""
+        deadline = time.monotonic() + self._timeout
+        if self._cutoff is None:
+            acked = asyncio.ensure_future(batch.done.wait())
+            cut = asyncio.ensure_future(self._cut.wait())
+            try:
+                await asyncio.wait(
+                    (acked, cut), timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                acked.cancel()
+                cut.cancel()
+        if self._cutoff is not None and not batch.done.is_set():
+            remaining = min(deadline, self._cutoff) - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(batch.done.wait(), max(0.0, remaining))
 
     async def close(self) -> None:
         if self._subscription is not None and not self._client.is_closed:

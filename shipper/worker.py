@@ -118,6 +118,7 @@ class Shipper:
         self._closed = asyncio.Event()
         self._publisher: Publisher | None = None
         self._stop = asyncio.Event()
+        self._stop_deadline: float | None = None
         self._failing_since: float | None = None
 
     def __repr__(self) -> str:
@@ -129,8 +130,21 @@ class Shipper:
         return self._engine
 
     def stop(self) -> None:
-        """Ask the loop to stop after the batch in flight; safe from a signal handler."""
+        """Ask the loop to stop after the batch in flight; safe from a signal handler.
+
+        From here on the shipper claims nothing more and has ``shutdown_timeout`` seconds
+        to collect outstanding PubAcks and close the connection, however stuck NATS is.
+        """
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + self.config.shutdown_timeout
         self._stop.set()
+        if self._publisher is not None:
+            # Keep a little of the time for closing the connection.
+            self._publisher.cut_short(self._stop_deadline - self._close_reserve)
+
+    @property
+    def _close_reserve(self) -> float:
+        return min(1.0, self.config.shutdown_timeout / 4)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -306,6 +320,7 @@ class Shipper:
             return outcome
         now = time.time()
         unreachable = 0
+        why = ""
         for row, result in zip(batch.sendable, results, strict=True):
             if result.outcome is Outcome.STORED:
                 self.stats.published += 1
@@ -315,6 +330,7 @@ class Shipper:
                 outcome.acked.append(row.id)
             elif result.outcome is Outcome.UNREACHABLE:
                 unreachable += 1
+                why = why or result.detail
                 outcome.release.append(row.id)
             elif result.outcome is Outcome.REJECTED:
                 outcome.dead.append(store.Failure(row.id, result.detail))
@@ -328,7 +344,7 @@ class Shipper:
                 outcome.retry.append(store.Failure(row.id, result.detail, at))
         self.stats.batches += 1
         if unreachable:
-            outcome.trouble = f"{unreachable} messages found no stream responder"
+            outcome.trouble = f"{unreachable} messages not stored, e.g. {why}"
         return outcome
 
     def _record(self, settlement: Settlement) -> None:
@@ -407,11 +423,18 @@ class Shipper:
             self._publisher = None
         client, self._client = self._client, None
         if client is not None and not client.is_closed:
+            # Flush what is buffered, then close, each within the time left: not
+            # client.drain(), which a timeout cannot cut short (cancelled, it still waits
+            # up to 10 s for its own flush) and which gains nothing here, since every
+            # PubAck worth waiting for has been waited for already.
+            budget = self.config.shutdown_timeout
+            if self._stop_deadline is not None:
+                budget = max(self._close_reserve, self._stop_deadline - time.monotonic())
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.drain(), self.config.shutdown_timeout)
+                await client.flush(timeout=budget)  # type: ignore[arg-type]
             if not client.is_closed:
                 with contextlib.suppress(Exception):
-                    await client.close()
+                    await asyncio.wait_for(client.close(), self._close_reserve)
 
     # -- lease, store, shutdown --------------------------------------------------------
 

@@ -3,6 +3,7 @@ run finishes the rest."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import time
@@ -91,3 +92,39 @@ async def test_a_stop_signal_mid_backlog_exits_0_promptly_and_loses_nothing(
     counts = Counter(msg_ids(await read_stream(nats_server.url)))
     assert len(counts) == written and set(counts) == set(ids)
     assert max(counts.values()) == 1
+
+
+async def test_a_stop_with_nats_hung_still_ends_within_the_shutdown_timeout(
+    outbox_path: Path, nats_server: NatsServer, run_shipper: ShipperRunner
+) -> None:
+    """NATS frozen (SIGSTOP) with a batch in flight: no PubAck will come, and closing the
+    connection cannot flush; the stop must still end on time, and nothing is lost."""
+    ids = await write_events(outbox_path, 20_000)
+    shipper, task = run_shipper.start(
+        shipper_config(
+            outbox_path,
+            nats_server.url,
+            exit_when_idle=False,
+            batch_size=500,
+            max_in_flight=500,
+            publish_timeout=10.0,  # longer than the shutdown timeout: the stop must win
+            shutdown_timeout=2.0,
+        )
+    )
+    await wait_until(lambda: shipper.stats.published >= 1000, message="shipping")
+    nats_server.freeze()
+    try:
+        shipper.stop()
+        stopped = time.monotonic()
+        await asyncio.wait_for(asyncio.shield(task), 10)
+        took = time.monotonic() - stopped
+    finally:
+        nats_server.thaw()
+    assert took < 2.0 + 0.5, f"{took:.1f} s to stop"
+    assert lease(outbox_path) is None
+
+    stats = await run_shipper.run(shipper_config(outbox_path, nats_server.url), 60)
+    assert pending(outbox_path) == 0
+    counts = Counter(msg_ids(await read_stream(nats_server.url)))
+    assert set(counts) == set(ids) and max(counts.values()) == 1
+    assert stats.delivered == len(ids) - shipper.stats.published
