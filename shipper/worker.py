@@ -176,7 +176,11 @@ class Shipper:
         unreachable; None when a stop was asked for meanwhile."""
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(TransientError),
-            wait=tenacity.wait_exponential_jitter(initial=0.05, max=self.config.backoff_cap),
+            # 50 ms doubling up to the cap, plus up to a tenth of the cap of jitter.
+            # (wait_exponential_jitter's default jitter added up to a whole second to
+            # every wait, and its `initial` is deprecated.)
+            wait=tenacity.wait_exponential(multiplier=0.05, max=self.config.backoff_cap)
+            + tenacity.wait_random(0, self.config.backoff_cap / 10),
             stop=tenacity.stop_when_event_set(self._stop),  # type: ignore[arg-type]
             sleep=self._sleep,
             before_sleep=self._log_backoff,
