@@ -93,6 +93,8 @@ class ShipperConfig:
                 raise ConfigError(
                     f"database url: directory {parent} does not exist or is read-only"
                 )
+            if Path(url.database).is_dir():
+                raise ConfigError(f"database url: {url.database} is a directory, not a file")
             if Path(url.database).exists() and not os.access(url.database, os.R_OK | os.W_OK):
                 raise ConfigError(f"database url: {url.database} is not readable and writable")
         if not self.nats_servers:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shipper.cli import OPTIONS, main
+from shipper.cli import OPTIONS, _parser, build_config, main
 from shipper.config import ShipperConfig
 from shipper.natsserver import NatsServer
 from tests.consul_stub import ConsulStub
@@ -88,6 +88,32 @@ def test_a_database_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     result = run_cli("run", "--database-url", str(blocker / "outbox.db"))
     assert result.returncode == 2
     assert "directory" in _one_line_error(result.stderr)
+
+
+def test_a_database_path_that_is_a_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _main(["run", "--database-url", str(tmp_path)], {}) == 2
+    assert "is a directory" in _one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("env", "servers"),
+    [
+        ({"NATS_HOST": "nats.internal", "NATS_PORT": "4333"}, ("nats://nats.internal:4333",)),
+        ({"NATS_HOST": "nats.internal"}, ("nats://nats.internal:4222",)),
+        (
+            {"NATS_URL": "nats://a:1,nats://b:2", "NATS_HOST": "ignored"},
+            ("nats://a:1", "nats://b:2"),
+        ),
+        ({}, ("nats://127.0.0.1:4222",)),
+    ],
+)
+def test_nats_servers_from_the_environment(env: dict[str, str], servers: tuple[str, ...]) -> None:
+    args = _parser().parse_args(["run"])
+    assert build_config(args, env).nats_servers == servers
+    flagged = _parser().parse_args(["run", "--nats-url", "nats://flag:9"])
+    assert build_config(flagged, env).nats_servers == ("nats://flag:9",)
 
 
 def test_operator_commands_on_a_missing_outbox_say_so(tmp_path: Path) -> None:
