@@ -61,6 +61,10 @@ def _headers(row: OutboxRow) -> dict[str, str] | str:
             return f"header name {name[:100]!r} is not a valid NATS header name"
         if _LINE_BREAK.search(value):
             return f"header {name!r} has a line break in its value"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a \udxxx escape in the JSON
+            return f"header {name!r} is not valid Unicode text"
     if headers.get("Nats-Msg-Id") != row.event_id:
         # Without it JetStream cannot de-duplicate a retry: refusing beats double billing risk.
         return "headers lack Nats-Msg-Id equal to the row's event_id"

@@ -140,6 +140,7 @@ CORRUPTIONS: dict[str, tuple[dict[str, object], str]] = {
     "header name not a token": ({"extra_header": ("bad name", "x")}, "header"),
     "header name with colon": ({"extra_header": ("X:Y", "x")}, "header"),
     "header value with newline": ({"extra_header": ("X-Note", "a\r\nPUB evil 1")}, "header"),
+    "header value not unicode": ({"extra_header": ("X-Note", "\ud800")}, "header"),
 }
 
 
