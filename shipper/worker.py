@@ -24,7 +24,7 @@ from typing import Any
 import tenacity
 from nats.aio.client import Client
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox import migrate, store
 from outbox.sqlite import create_outbox_engine
@@ -77,6 +77,11 @@ class Batch:
     @property
     def last_id(self) -> int:
         return self.rows[-1].id
+
+    @property
+    def suspect(self) -> bool:
+        """A row here had an attempt that ended without a PubAck (see Shipper.drain)."""
+        return any(row.attempts for row in self.rows)
 
 
 @dataclass
@@ -216,16 +221,26 @@ class Shipper:
         The database work for one batch (settling the batch before it, claiming the next)
         runs while the batch before is in flight, so the loop costs the slower of the two,
         not their sum. Outcomes are written one step late, never before their PubAck.
+
+        A suspect batch (a row in it has had an attempt that did not end in a PubAck,
+        e.g. it was in flight when a shipper died) is published apart: what came before
+        it is settled first and nothing after it is claimed until it is done. If it
+        crashes this process too, the in-flight range then holds only its own rows, and
+        only they are charged an attempt, not the innocent rows around them.
         """
         unsettled = Settlement()
         batch = await self._transact(unsettled, claim_after=0)
         claimed = 0
         while batch is not None:
             claimed += batch.size
+            pipelined = batch.full and not batch.suspect
+            if batch.suspect:
+                await self._transact(unsettled, claim_after=None, in_flight=batch)
+                unsettled = Settlement()
             flight = asyncio.create_task(self._publish(batch))
             following: Batch | None = None
             try:
-                if batch.full and not self._stop.is_set():
+                if pipelined and not self._stop.is_set():
                     following = await self._transact(
                         unsettled, claim_after=batch.last_id, in_flight=batch
                     )
@@ -242,6 +257,9 @@ class Shipper:
                     unsettled.release.extend(row.id for row in following.rows)
                 await self._transact(unsettled, claim_after=None)
                 raise TransientError(outcome.trouble)
+            if batch.full and not pipelined and not self._stop.is_set():
+                following = await self._transact(unsettled, claim_after=batch.last_id)
+                unsettled = Settlement()
             batch = following
         await self._transact(unsettled, claim_after=None)
         return claimed
@@ -251,8 +269,8 @@ class Shipper:
     ) -> Batch | None:
         """One short transaction: record ``settlement``; then, unless ``claim_after`` is
         None, check the lease and claim the next batch after that id (``in_flight`` is the
-        batch still being published meanwhile). Records what is left in flight, so a
-        successor can count an attempt on those rows if this process dies."""
+        batch being published meanwhile, or about to be). Records what is left in flight,
+        so a successor can count an attempt on those rows if this process dies."""
         now = time.time()
         async with self.engine.begin() as conn:
             if settlement:
@@ -261,7 +279,8 @@ class Shipper:
                 await store.mark_dead(conn, settlement.dead)
             claim = None
             if claim_after is None:
-                await store.set_in_flight(conn, name=LEASE_NAME, owner=self.owner, span=None)
+                span = None if in_flight is None else (in_flight.rows[0].id, in_flight.last_id)
+                await store.set_in_flight(conn, name=LEASE_NAME, owner=self.owner, span=span)
             else:
                 if not await store.holds_lease(
                     conn, name=LEASE_NAME, owner=self.owner, now=now, ttl=self.config.lease_ttl
@@ -512,10 +531,27 @@ class Shipper:
         if self._engine is not None:
             with contextlib.suppress(SQLAlchemyError):
                 async with self._engine.begin() as conn:
+                    await self._count_unsettled(conn)
                     await store.drop_lease(conn, name=LEASE_NAME, owner=self.owner)
             if self._own_engine:
                 await self._engine.dispose()
         logger.info("stopped: %s", self.stats, extra={"action": "stopped"})
+
+    async def _count_unsettled(self, conn: AsyncConnection) -> None:
+        """Count an attempt on rows still recorded in flight as the run ends: a clean stop
+        settles everything first, so they are there only when the run ends on an
+        exception. Dropping the lease would drop that evidence, and a row that crashes
+        the process would be retried for ever instead of reaching ``max_attempts``."""
+        holder = await store.lease_holder(conn, name=LEASE_NAME)
+        if holder is None or holder[0] != self.owner:
+            return  # not ours (any more): its holder counts
+        counted = await store.recover_in_flight(conn, name=LEASE_NAME)
+        if counted:
+            logger.warning(
+                "stopping with %d rows in flight; counted an attempt on each",
+                counted,
+                extra={"action": "in_flight_recovered"},
+            )
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when a stop is asked for."""
