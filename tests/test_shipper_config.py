@@ -82,12 +82,13 @@ def test_the_real_command_exits_2_with_one_line_and_no_traceback(name: str, tmp_
     assert word.lower() in _one_line_error(result.stderr).lower()
 
 
-def test_a_database_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+def test_a_database_dir_that_is_a_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    result = run_cli("run", "--database-url", str(blocker / "outbox.db"))
-    assert result.returncode == 2
-    assert "directory" in _one_line_error(result.stderr)
+    assert _main(["run", "--database-url", str(blocker / "outbox.db")], {}) == 2
+    assert "directory" in _one_line_error(capsys.readouterr().err)
 
 
 def test_a_database_path_that_is_a_directory_is_refused(
@@ -116,10 +117,13 @@ def test_nats_servers_from_the_environment(env: dict[str, str], servers: tuple[s
     assert build_config(flagged, env).nats_servers == ("nats://flag:9",)
 
 
-def test_operator_commands_on_a_missing_outbox_say_so(tmp_path: Path) -> None:
-    result = run_cli("status", "--database-url", str(tmp_path / "absent.db"))
-    assert result.returncode == 2
-    assert "no outbox database" in _one_line_error(result.stderr)
+@pytest.mark.parametrize("command", [["status"], ["dead", "list"], ["dead", "requeue", "--all"]])
+def test_operator_commands_on_a_missing_outbox_say_so(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _main([*command, "--database-url", str(tmp_path / "absent.db")], {}) == 2
+    assert "no outbox database" in _one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "absent.db").exists()
 
 
 def test_help_lists_every_option_with_its_environment_variable() -> None:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -14,6 +16,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from outbox import Outbox
+from shipper.cli import main
 from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     ShipperRunner,
@@ -64,7 +67,10 @@ async def _probe_size(args: dict[str, object]) -> str:
 
 
 async def test_oversize_and_rejected_rows_go_dead_while_the_rest_ships_and_requeue_works(
-    outbox_path: Path, small_server: NatsServer, run_shipper: ShipperRunner
+    outbox_path: Path,
+    small_server: NatsServer,
+    run_shipper: ShipperRunner,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     nc = await nats.connect(small_server.url)
     try:  # an operator's stream that refuses messages over 1200 bytes (a 400 per message)
@@ -93,28 +99,45 @@ async def test_oversize_and_rejected_rows_go_dead_while_the_rest_ships_and_reque
     assert "400" in dead[rejected]["last_error"]
     assert "size exceeds" in dead[rejected]["last_error"]
 
-    # the operator commands, as an operator runs them
+    # the operator commands: `dead list` as an operator runs it, the rest through main()
     env = shipper_env(USAGE_OUTBOX_URL=str(outbox_path))
     listing = run_cli("dead", "list", env=env)
     assert listing.returncode == 0, listing.stderr
     assert rejected in listing.stdout and oversize in listing.stdout
     assert "max_payload" in listing.stdout and "size exceeds" in listing.stdout
-    status = run_cli("status", env=env)
-    assert status.returncode == 0, status.stderr
-    assert "dead                2" in status.stdout and "pending             0" in status.stdout
+    database = ["--database-url", str(outbox_path)]
+    assert await _cli(["status", *database]) == 0
+    status = capsys.readouterr().out
+    assert "dead                2" in status and "pending             0" in status
 
     rejected_id = dead[rejected]["id"]
-    requeued = run_cli("dead", "requeue", str(rejected_id), env=env)
-    assert requeued.returncode == 0, requeued.stderr
-    assert "requeued 1" in requeued.stdout
+    assert await _cli(["dead", "requeue", str(rejected_id), *database]) == 0
+    assert "requeued 1" in capsys.readouterr().out
     states = {r["event_id"]: (r["state"], r["attempts"]) for r in outbox_rows(outbox_path)}
     assert states == {rejected: ("pending", 0), oversize: ("dead", 0)}
 
-    everything = run_cli("dead", "requeue", "--all", env=env)
-    assert everything.returncode == 0 and "requeued 1" in everything.stdout
+    assert await _cli(["dead", "requeue", "--all", *database]) == 0
+    assert "requeued 1" in capsys.readouterr().out
     assert outbox_counts(outbox_path) == {"pending": 2, "dead": 0}
-    nothing = run_cli("dead", "requeue", env=env)
-    assert nothing.returncode == 2 and "--all" in nothing.stderr
+    assert await _cli(["dead", "requeue", *database]) == 2
+    assert "--all" in capsys.readouterr().err
+
+    # requeued, they are tried again, and (being what they are) come back to dead
+    again = await run_shipper.run(shipper_config(outbox_path, small_server.url))
+    assert again.dead == 2 and again.published == 0
+    assert outbox_counts(outbox_path) == {"pending": 0, "dead": 2}
+
+
+async def _cli(argv: list[str]) -> int:
+    """``usage-shipper`` in-process (its own event loop, in a thread), leaving the root
+    logger as it found it (the CLI installs its own handler)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        return await asyncio.to_thread(main, argv, {})
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _corrupt(path: Path, row_id: int, **columns: object) -> None:
