@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from nats.js import JetStreamContext
 
 from outbox import Outbox
 from shipper.natsserver import NatsServer
@@ -157,3 +158,30 @@ async def test_a_connection_closed_for_good_is_replaced_by_a_new_one(
     assert Counter(msg_ids(await read_stream(nats_server.url))) == Counter(first + second)
     assert outbox_rows(outbox_path) == []
     assert await stream_count(nats_server.url) == 100
+
+
+async def test_no_stream_responder_holds_rows_without_burning_attempts(
+    outbox_path: Path,
+    nats_server: NatsServer,
+    jetstream: JetStreamContext,
+    run_shipper: ShipperRunner,
+) -> None:
+    """The stream vanishes under a running shipper (503, no responders): rows wait with
+    no attempt counted, and ship once a stream captures the subjects again."""
+    first = await write_events(outbox_path, 10)
+    shipper, _task = run_shipper.start(
+        shipper_config(outbox_path, nats_server.url, exit_when_idle=False)
+    )
+    await wait_until(lambda: pending(outbox_path) == 0, message="first events shipped")
+    await jetstream.delete_stream("USAGE")
+    second = await write_events(outbox_path, 10)
+    await wait_until(lambda: shipper.stats.released >= 10, message="rows handed back")
+    await wait_until(lambda: "not stored" in (shipper.stats.last_error or ""), message="why")
+    assert pending(outbox_path) == 10
+    assert {row["attempts"] for row in outbox_rows(outbox_path)} == {0}
+    assert shipper.stats.retried == 0 and shipper.stats.dead == 0
+
+    await jetstream.add_stream(name="USAGE", subjects=["billing.usage.recorded.*"])
+    await wait_until(lambda: pending(outbox_path) == 0, 10, message="shipped after the stream")
+    assert Counter(msg_ids(await read_stream(nats_server.url))) == Counter(second)
+    assert set(first).isdisjoint(msg_ids(await read_stream(nats_server.url)))
