@@ -11,23 +11,32 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Final
 
-import uuid6
-
 from outbox.errors import InvalidUsageEvent
-from outbox.subject import MAX_TOKEN_LENGTH, product_token, usage_subject
+from outbox.subject import MAX_TOKEN_LENGTH, SUBJECT_PREFIX, product_token
 
 EVENT_TYPE: Final = "billing.usage.recorded"
 #: Default refusal threshold for one encoded payload. NATS's default ``max_payload`` is
 #: 1 MiB; a usage record is ~400 bytes, so anything near this limit is a caller bug
 #: (a prompt pasted into metadata), and refusing it early beats dead-lettering it later.
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 64 * 1024
+#: Largest token count (and token total) accepted: a signed 64-bit integer, what billing's
+#: ledger and every JSON consumer that is not Python can hold. Anything above is a caller
+#: bug; without the bound a 5,000-digit count failed in the JSON encoder and was reported
+#: against ``metadata``.
+MAX_TOKEN_COUNT: Final = 2**63 - 1
+#: Billing refuses an event over these (``billing.decode``: ids of at most 255 characters
+#: without NUL, a usage amount of at most 10**12): refused here, or such an event would be
+#: written, shipped and then never billed.
+MAX_ID_LENGTH: Final = 255
+MAX_USAGE_AMOUNT: Final = 10**12
 
 #: ``usage_details`` keys the contract owns; ``metadata`` may not overwrite them.
 RESERVED_DETAIL_KEYS: Final = frozenset(
@@ -70,7 +79,7 @@ def contract_headers(event_id: str) -> dict[str, str]:
 def _require_text(field: str, value: object) -> str:
     if not isinstance(value, str):
         raise InvalidUsageEvent(field, f"must be a string, got {type(value).__name__}")
-    if not value.strip():
+    if not value or value.isspace():  # the same test as `not value.strip()`, no copy
         raise InvalidUsageEvent(field, "must not be empty")
     if not value.isascii():
         try:
@@ -78,6 +87,15 @@ def _require_text(field: str, value: object) -> str:
         except UnicodeEncodeError as exc:
             raise InvalidUsageEvent(field, f"is not valid Unicode text: {exc.reason}") from exc
     return value
+
+
+def _require_id(field: str, value: object) -> str:
+    text = _require_text(field, value)
+    if len(text) > MAX_ID_LENGTH:
+        raise InvalidUsageEvent(field, f"is longer than {MAX_ID_LENGTH} characters")
+    if "\x00" in text:
+        raise InvalidUsageEvent(field, "must not contain a NUL character")
+    return text
 
 
 def _service_type_text(value: object) -> str:
@@ -95,6 +113,8 @@ def _token_count(field: str, value: object) -> int | None:
         raise InvalidUsageEvent(field, f"must be a whole number, got {value!r}")
     if value < 0:
         raise InvalidUsageEvent(field, f"must not be negative, got {value}")
+    if value > MAX_TOKEN_COUNT:
+        raise InvalidUsageEvent(field, f"is too large (limit {MAX_TOKEN_COUNT})")
     return value
 
 
@@ -103,7 +123,10 @@ def _unit_count(field: str, value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidUsageEvent(field, f"must be a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range: as infinite as it gets
+        raise InvalidUsageEvent(field, "must be finite, got an integer too large") from None
     if not math.isfinite(number):
         raise InvalidUsageEvent(field, f"must be finite, got {value!r}")
     if number < 0:
@@ -116,22 +139,114 @@ def _metadata(value: object) -> Mapping[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         raise InvalidUsageEvent("metadata", f"must be a dict, got {type(value).__name__}")
-    for key in value:
+    for key, item in value.items():
         if not isinstance(key, str):
             raise InvalidUsageEvent("metadata", f"keys must be strings, got {key!r}")
         if key in RESERVED_DETAIL_KEYS:
             raise InvalidUsageEvent("metadata", f"key {key!r} would overwrite a contract field")
+        if isinstance(item, dict | list | tuple):
+            _check_nested_keys(item)
     return value
+
+
+#: How deep ``metadata`` may nest; deeper is refused rather than walked.
+MAX_METADATA_DEPTH: Final = 32
+
+
+def _check_nested_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> None:
+    """Refuse non-string keys inside nested objects too. The JSON encoder would turn
+    ``1``/``True``/``None`` keys into ``"1"``/``"true"``/``"null"``, which can collide with
+    a real key, and billing refuses a payload with a duplicate key: such an event would be
+    written and shipped, then never billed. The walk is bounded, so a cycle ends here."""
+    stack: list[tuple[Any, int]] = [(value, 2)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise InvalidUsageEvent(
+                "metadata", f"is nested deeper than {MAX_METADATA_DEPTH} levels"
+            )
+        items: Iterable[Any]
+        if isinstance(node, dict):
+            for key in node:
+                if not isinstance(key, str):
+                    raise InvalidUsageEvent(
+                        "metadata", f"keys must be strings at every level, got {key!r}"
+                    )
+            items = node.values()
+        else:
+            items = node
+        stack.extend((item, depth + 1) for item in items if isinstance(item, dict | list | tuple))
+
+
+def _make_json_encoder() -> Callable[[dict[str, Any]], str]:
+    """``json.dumps(ensure_ascii=False, separators=(",", ":"), allow_nan=False)``, made once.
+
+    allow_nan=False: NaN/Infinity are not JSON and billing's decoder would refuse them.
+    ``json.dumps`` with options builds a new encoder per call; this builds the C encoder
+    once. It runs without a circular-reference table (that table cannot be shared between
+    calls), so a self-referencing ``metadata`` ends in RecursionError, refused below.
+    """
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # an interpreter without the C accelerator
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+    refuse = json.JSONEncoder().default  # raises "Object of type X is not JSON serializable"
+    encoder = c_make_encoder(
+        None, refuse, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+
+    def encode(document: dict[str, Any]) -> str:
+        return "".join(encoder(document, 0))
+
+    return encode
+
+
+_json_encode = _make_json_encoder()
 
 
 def _encode(document: dict[str, Any]) -> bytes:
     try:
-        # allow_nan=False: NaN/Infinity are not JSON and billing's decoder would refuse them.
-        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _json_encode(document)
         # The text fields were checked already, so an encoding failure is in metadata.
         return text.encode("utf-8")
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise InvalidUsageEvent("metadata", f"is not JSON-serialisable: {exc}") from exc
+    except RecursionError:  # nested deeper than the encoder can walk
+        raise InvalidUsageEvent("metadata", "is nested too deeply to encode") from None
+
+
+_stamp_cache: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
+def iso_timestamp(now_ns: int) -> str:
+    """``now_ns`` (Unix nanoseconds) as ISO 8601 UTC with microseconds and an explicit
+    offset, e.g. ``2025-01-09T12:00:00.000000+00:00`` (what ``datetime.isoformat`` gives,
+    truncated to the microsecond). The date-time part is formatted once per second."""
+    global _stamp_cache
+    seconds, nanos = divmod(now_ns, 1_000_000_000)
+    cached_seconds, prefix = _stamp_cache
+    if seconds != cached_seconds:
+        prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _stamp_cache = (seconds, prefix)
+    return f"{prefix}.{nanos // 1000:06d}+00:00"
+
+
+def new_event_id(now_ns: int) -> str:
+    """A UUIDv7 (RFC 9562) for the instant ``now_ns`` (Unix nanoseconds).
+
+    48 bits of milliseconds, then the sub-millisecond fraction in the 12 ``rand_a`` bits
+    (RFC 9562 method 3, so ids from one process sort by write time to ~250 ns), then 62
+    random bits. The id therefore carries the same instant as the event's ``timestamp``.
+    """
+    millis, rest = divmod(now_ns, 1_000_000)
+    value = (
+        (millis & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76
+        | (rest * 4096 // 1_000_000) << 64
+        | 0b10 << 62
+        | secrets.randbits(62)
+    )
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def build_usage_event(
@@ -154,8 +269,8 @@ def build_usage_event(
     Raises :class:`InvalidUsageEvent` naming the field and the reason; on success the
     returned event has a fresh time-ordered ``event_id`` (UUIDv7) and the write time.
     """
-    user = _require_text("user_id", user_id)
-    product = _require_text("product_id", product_id)
+    user = _require_id("user_id", user_id)
+    product = _require_id("product_id", product_id)
     provider_text = _require_text("provider", provider)
     operation_text = _require_text("operation", operation)
     service = _service_type_text(service_type)
@@ -169,14 +284,19 @@ def build_usage_event(
     if tokens_in is not None or tokens_out is not None:
         # One count alone is billed as that count (embeddings send only input tokens).
         usage_amount, unit_type = (tokens_in or 0) + (tokens_out or 0), "token"
+        if usage_amount > MAX_USAGE_AMOUNT:
+            raise InvalidUsageEvent("usage", f"token total is too large (limit {MAX_USAGE_AMOUNT})")
     elif units_in is not None:
         usage_amount, unit_type = units_in, "request"
+        if usage_amount > MAX_USAGE_AMOUNT:
+            raise InvalidUsageEvent("usage", f"input_units is too large (limit {MAX_USAGE_AMOUNT})")
     else:
         raise InvalidUsageEvent(
             "usage", "nothing to bill: give input_tokens/output_tokens or input_units"
         )
 
-    if len(product_token(product)) > MAX_TOKEN_LENGTH:
+    token = product_token(product)
+    if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidUsageEvent(
             "product_id", f"is too long for a subject token (limit {MAX_TOKEN_LENGTH} encoded)"
         )
@@ -197,8 +317,12 @@ def build_usage_event(
             details[key] = count
     details.update(extra)
 
-    created_at = time.time() if now is None else now
-    event_id = str(uuid6.uuid7())
+    if now is None:
+        now_ns = time.time_ns()
+        created_at = now_ns / 1e9
+    else:
+        now_ns, created_at = round(now * 1e9), now
+    event_id = new_event_id(now_ns)
     payload = _encode(
         {
             "event_id": event_id,
@@ -207,7 +331,7 @@ def build_usage_event(
             "usage_amount": usage_amount,
             "unit_type": unit_type,
             "usage_details": details,
-            "timestamp": datetime.fromtimestamp(created_at, UTC).isoformat(timespec="microseconds"),
+            "timestamp": iso_timestamp(now_ns),
         }
     )
     if len(payload) > max_payload_bytes:
@@ -216,5 +340,8 @@ def build_usage_event(
             f"encoded event is {len(payload)} bytes, over the {max_payload_bytes}-byte limit",
         )
     return UsageEvent(
-        event_id=event_id, subject=usage_subject(product), payload=payload, created_at=created_at
+        event_id=event_id,
+        subject=f"{SUBJECT_PREFIX}.{token}",
+        payload=payload,
+        created_at=created_at,
     )

@@ -21,6 +21,7 @@ travels in the payload.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 SUBJECT_PREFIX = "billing.usage.recorded"
 #: The longest token we produce; keeps the whole subject well under NATS's 256 characters.
@@ -30,13 +31,24 @@ _PLAIN = re.compile(r"[A-Za-z0-9_-]+")
 _SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-def product_token(product_id: str) -> str:
-    """Return the single subject token for ``product_id`` (which must be non-empty)."""
+def _encode_token(product_id: str) -> str:
     if _PLAIN.fullmatch(product_id):
         return product_id
     return "".join(
         chr(byte) if byte in _SAFE_BYTES else f"%{byte:02X}" for byte in product_id.encode("utf-8")
     )
+
+
+# A service bills a handful of model names over and over: encode each once. Names longer
+# than a token may be are never cached (they are refused anyway), so the cache stays small.
+_cached_token = lru_cache(maxsize=4096)(_encode_token)
+
+
+def product_token(product_id: str) -> str:
+    """Return the single subject token for ``product_id`` (which must be non-empty)."""
+    if len(product_id) > MAX_TOKEN_LENGTH:
+        return _encode_token(product_id)
+    return _cached_token(product_id)
 
 
 def usage_subject(product_id: str) -> str:
