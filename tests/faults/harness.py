@@ -239,7 +239,8 @@ def crash_loop(
     still writing"). The moment of each kill: with probability ``early``, anywhere in the
     first second after the restart (during start-up, migration, lease wait); otherwise
     once ``ready()`` says the new process is working, after a random ``delay`` (uniform,
-    seconds). The random sleeps are the fault schedule, not synchronisation.
+    seconds). The random sleeps are the fault schedule, not synchronisation. Returns once
+    the last restart is ready too.
     """
     made = 0
     while made < kills or keep_going():
@@ -258,6 +259,13 @@ def crash_loop(
         proc.kill()
         made += 1
         proc.start()
+    # The last restart too must come up working (and a SIGTERM sent before it has its
+    # signal handlers installed would end it with -15, not a clean stop).
+    wait_until(
+        lambda: ready() or not proc.running, ready_timeout, what=f"{proc.name} ready at the end"
+    )
+    if not proc.running:
+        raise AssertionError(f"{proc.name} exited on its own:\n{proc.log_since_start()[-3000:]}")
     return made
 
 
