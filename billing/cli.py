@@ -73,6 +73,14 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(
         "--nats-url", "nats_url", "NATS servers, comma-separated (default nats://127.0.0.1:4222)"
     ),
+    Option("--nats-user", "nats_user", "NATS user"),
+    Option("--nats-password", "nats_password", "NATS password (prefer the environment)"),
+    Option("--nats-token", "nats_token", "NATS token (prefer the environment)"),
+    Option("--nats-nkey-seed", "nats_nkey_seed_file", "file holding an NKey seed"),
+    Option("--nats-creds", "nats_creds_file", "NATS .creds file (user JWT + seed)"),
+    Option("--tls-ca", "tls_ca_file", "CA file to verify NATS with (default: system CAs)"),
+    Option("--tls-cert", "tls_cert_file", "client certificate for NATS"),
+    Option("--tls-key", "tls_key_file", "key of the client certificate"),
     Option("--stream", "stream", "JetStream stream to read (default USAGE)"),
     Option("--durable", "durable", "durable consumer name (default billing)"),
     Option(

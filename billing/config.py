@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -31,6 +31,15 @@ STREAM_SUBJECT: Final = "billing.usage.recorded.*"
 ENV: Final = {
     "database_url": "BILLING_DATABASE_URL",
     "nats_url": "NATS_URL",
+    # Credentials and TLS: the shipper's variables, so one set configures both.
+    "nats_user": "NATS_USER",
+    "nats_password": "NATS_PASSWORD",
+    "nats_token": "NATS_TOKEN",
+    "nats_nkey_seed_file": "NATS_NKEY_SEED_FILE",
+    "nats_creds_file": "NATS_CREDS_FILE",
+    "tls_ca_file": "NATS_TLS_CA_FILE",
+    "tls_cert_file": "NATS_TLS_CERT_FILE",
+    "tls_key_file": "NATS_TLS_KEY_FILE",
     # The stream settings are shared with the shipper: one variable names it for both.
     "stream": "USAGE_STREAM",
     "durable": "BILLING_DURABLE",
@@ -58,6 +67,18 @@ class BillingConfig:
     database_url: str = DEFAULT_DATABASE_URL
     #: One NATS URL, or several separated by commas (a cluster).
     nats_url: str = DEFAULT_NATS_URL
+    #: NATS credentials: a user and password, a token, an NKey seed file, or a ``.creds``
+    #: file (user JWT and seed). Secrets are kept out of ``repr`` and the start-up log.
+    nats_user: str | None = None
+    nats_password: str | None = field(default=None, repr=False)
+    nats_token: str | None = field(default=None, repr=False)
+    nats_nkey_seed_file: str | None = None
+    nats_creds_file: str | None = None
+    #: TLS: verify the server with this CA file (else the system's CAs); a client
+    #: certificate and key for servers that ask for one.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     #: JetStream stream holding the usage events (created when missing and allowed).
     stream: str = "USAGE"
     #: Durable consumer name: the server remembers what this name has acknowledged.
@@ -87,11 +108,18 @@ class BillingConfig:
         return [url.strip() for url in self.nats_url.split(",") if url.strip()]
 
     def redacted(self) -> dict[str, object]:
-        """The settings with passwords in URLs hidden, for a start-up log line."""
-        shown: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        """The settings with secrets and passwords in URLs hidden, for a start-up log line."""
+        shown: dict[str, object] = {
+            f.name: "***" if not f.repr and getattr(self, f.name) else getattr(self, f.name)
+            for f in fields(self)
+        }
         shown["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
         shown["nats_url"] = ",".join(_hide_password(url) for url in self.nats_servers)
         return shown
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"BillingConfig({settings})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> BillingConfig:
@@ -111,7 +139,7 @@ class BillingConfig:
             url = make_url(self.database_url)
         except ArgumentError as exc:
             raise BillingConfigError(
-                f"database url {self.database_url!r} is not a valid URL"
+                f"database url {_hide_password(self.database_url)!r} is not a valid URL"
             ) from exc
         backend = url.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
@@ -128,12 +156,30 @@ class BillingConfig:
             raise BillingConfigError("nats url: none given")
         for server in self.nats_servers:
             parts = urlsplit(server)
+            shown = _hide_password(server)  # a URL may carry credentials: never echo them
             if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
-                raise BillingConfigError(f"nats url {server!r}: expected nats://host:port")
+                raise BillingConfigError(f"nats url {shown!r}: expected nats://host:port")
             try:
                 parts.port  # noqa: B018 - raises ValueError for a bad port
             except ValueError as exc:
-                raise BillingConfigError(f"nats url {server!r}: {exc}") from exc
+                # not {exc}: it quotes the "port", a piece of the password if that has a "/"
+                raise BillingConfigError(f"nats url {shown!r}: bad port") from exc
+        for name in (
+            "nats_nkey_seed_file",
+            "nats_creds_file",
+            "tls_ca_file",
+            "tls_cert_file",
+            "tls_key_file",
+        ):
+            path = getattr(self, name)
+            if path is not None and not os.access(path, os.R_OK):
+                raise BillingConfigError(f"{name.replace('_', ' ')}: {path} is not a readable file")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise BillingConfigError(
+                "tls: a client certificate needs both --tls-cert and --tls-key"
+            )
+        if self.nats_password and not self.nats_user:
+            raise BillingConfigError("nats password given without a nats user")
         for name in ("stream", "durable"):
             value = getattr(self, name)
             if not _NAME.fullmatch(value):
@@ -162,11 +208,18 @@ class BillingConfig:
 
 
 def _hide_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` without its secret: a password, or for NATS a token (``nats://token@host``).
+    Works on any string, so a URL too broken to parse is still shown safely."""
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not (separator and at):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if scheme.startswith(("nats", "tls", "ws")):
+        hidden = "***"  # user:password or a token: all of it
+    else:
+        user, colon, _password = userinfo.partition(":")
+        hidden = f"{user}:***" if colon else user
+    return f"{scheme}://{hidden}@{host}"
 
 
 def parse_setting(name: str, raw: str) -> Any:

@@ -44,9 +44,10 @@ from billing import jetstream, migrate, store
 from billing.config import BillingConfig
 from billing.db import create_billing_engine
 from billing.decode import decode_usage_event
-from billing.errors import BillingError, InvalidPayload
+from billing.errors import BillingConfigError, BillingError, InvalidPayload
 from billing.report import Audit, BillingReport
 from billing.store import Delivery, Item, Outcome, Rejection, Usage
+from shipper.connection import CREDENTIAL_HINT, NatsRefused, auth_options, open_connection
 
 logger = logging.getLogger("billing.consumer")
 
@@ -162,19 +163,41 @@ class BillingConsumer:
         return True
 
     async def _connect(self, stop: asyncio.Event | None) -> NatsClient | None:
-        """Connect; with a ``stop`` event, keep trying until NATS answers or stop is set."""
+        """Connect; with a ``stop`` event, keep trying until NATS answers or stop is set.
+
+        Refused credentials or TLS (see :func:`shipper.connection.open_connection`) are a
+        :class:`BillingConfigError` either way: waiting cannot fix a setting.
+        """
+        config = self.config
         while True:
             try:
-                return await nats.connect(
-                    servers=self.config.nats_servers,
-                    name="usage-billing",
-                    connect_timeout=int(max(1, self.config.connect_timeout)),
-                    max_reconnect_attempts=-1,  # once connected, outlive broker restarts
-                    reconnect_time_wait=1,
+                options = {
+                    "name": "usage-billing",
+                    "connect_timeout": int(max(1, config.connect_timeout)),
+                    "max_reconnect_attempts": -1,  # once connected, outlive broker restarts
+                    "reconnect_time_wait": 1,
+                    **auth_options(
+                        user=config.nats_user,
+                        password=config.nats_password,
+                        token=config.nats_token,
+                        nkey_seed_file=config.nats_nkey_seed_file,
+                        creds_file=config.nats_creds_file,
+                        tls_ca_file=config.tls_ca_file,
+                        tls_cert_file=config.tls_cert_file,
+                        tls_key_file=config.tls_key_file,
+                    ),
+                }
+                return await open_connection(
+                    config.nats_servers,
+                    options,
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
                 )
+            except NatsRefused as exc:
+                raise BillingConfigError(
+                    f"nats refused the connection: {exc} ({CREDENTIAL_HINT})"
+                ) from exc
             except (nats.errors.Error, OSError, TimeoutError) as exc:
                 if stop is None:
                     raise

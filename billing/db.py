@@ -4,7 +4,9 @@ SQLite gets the outbox's settings (:mod:`outbox.sqlite`): WAL, ``busy_timeout`` 
 ``BEGIN IMMEDIATE``, so the consumer, ``usage-billing report`` and ``prices set`` can use
 the file at the same time and every conflict is a short, bounded wait. ``BEGIN IMMEDIATE``
 also serialises writers, which the per-batch transaction relies on. On PostgreSQL the
-wallet update is a single atomic ``INSERT ... ON CONFLICT DO UPDATE``.
+wallet update is a single atomic ``INSERT ... ON CONFLICT DO UPDATE``. A new SQLite file
+is created with owner-only permissions (0600, and so its ``-wal`` and ``-shm``), as the
+outbox's is.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from outbox.sqlite import configure_sqlite, is_sqlite
+from outbox.sqlite import configure_sqlite, create_private_on_connect, is_sqlite
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///billing.db"
 
@@ -43,6 +45,7 @@ def create_billing_engine(url: str | sa.URL, **engine_kwargs: Any) -> AsyncEngin
     """An async engine; on SQLite with WAL, busy_timeout and BEGIN IMMEDIATE."""
     engine = create_async_engine(async_url(url), **engine_kwargs)
     if is_sqlite(engine.url):
+        create_private_on_connect(engine.sync_engine)
         configure_sqlite(engine.sync_engine)
     return engine
 
@@ -50,5 +53,6 @@ def create_billing_engine(url: str | sa.URL, **engine_kwargs: Any) -> AsyncEngin
 def create_billing_sync_engine(url: str | sa.URL, **engine_kwargs: Any) -> sa.Engine:
     engine = sa.create_engine(sync_url(url), **engine_kwargs)
     if is_sqlite(engine.url):
+        create_private_on_connect(engine)
         configure_sqlite(engine)
     return engine

@@ -11,10 +11,17 @@
   of the transaction. A deferred transaction that reads and then writes can fail at once
   with ``SQLITE_BUSY`` (the busy handler is not called for a lock upgrade on a stale
   snapshot); taking the lock up front makes every conflict a plain, bounded wait.
+* Owner-only files: an engine created here creates a missing database file with mode
+  0600 just before SQLite opens it (:func:`create_private_file`, on each new DBAPI
+  connection). SQLite gives the ``-wal`` and
+  ``-shm`` files it creates the mode of the database file, so they are 0600 too. An
+  existing file keeps the mode it has: an operator who needs group access (writers and
+  the shipper as different users) creates the file with that mode first.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
+#: Mode of a database file created here: usage events are billing data.
+PRIVATE_FILE_MODE = 0o600
 
 
 def is_sqlite(url: str | sa.URL) -> bool:
@@ -70,10 +79,50 @@ def configure_sqlite(
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def sqlite_file(url: str | sa.URL) -> str | None:
+    """The file an SQLite URL opens, or None (another database, memory, a URI filename)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    return database
+
+
+def create_private_file(url: str | sa.URL) -> None:
+    """Create the SQLite file behind ``url`` with owner-only permissions if it does not
+    exist yet (SQLite would create it with 0644 less the umask); an existing file is left
+    as it is. Its directory must exist."""
+    path = sqlite_file(url)
+    if path is None:
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # a missing directory and the like: let SQLite report it as it would
+    os.close(fd)
+
+
+def create_private_on_connect(engine: sa.Engine) -> None:
+    """Make ``engine`` (for an :class:`AsyncEngine`, its ``sync_engine``) create its
+    missing SQLite file with owner-only permissions before it connects."""
+
+    @event.listens_for(engine, "do_connect")
+    def _before_connect(_dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:
+        create_private_file(engine.url)
+
+
 def create_outbox_engine(url: str, **engine_kwargs: Any) -> AsyncEngine:
-    """An async engine for an outbox database, with the SQLite settings above applied."""
+    """An async engine for an outbox database, with the SQLite settings above applied
+    (and a new SQLite file created with owner-only permissions)."""
     engine = create_async_engine(url, **engine_kwargs)
     if is_sqlite(url):
+        create_private_on_connect(engine.sync_engine)
         configure_sqlite(engine.sync_engine)
     return engine
 
@@ -81,5 +130,6 @@ def create_outbox_engine(url: str, **engine_kwargs: Any) -> AsyncEngine:
 def create_outbox_sync_engine(url: str, **engine_kwargs: Any) -> sa.Engine:
     engine = sa.create_engine(url, **engine_kwargs)
     if is_sqlite(url):
+        create_private_on_connect(engine)
         configure_sqlite(engine)
     return engine

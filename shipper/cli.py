@@ -114,6 +114,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("--consul-port", "CONSUL_PORT", "consul_port", int, "Consul port (default 8500)"),
     Option("--consul-scheme", "CONSUL_SCHEME", "consul_scheme", str, "http or https"),
     Option(
+        "--consul-ca",
+        "CONSUL_CACERT",
+        "consul_ca_file",
+        str,
+        "CA file to verify an https Consul with (default: the system's CAs)",
+    ),
+    Option(
         "--consul-timeout",
         "CONSUL_TIMEOUT",
         "consul_timeout",

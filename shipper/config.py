@@ -58,6 +58,7 @@ class ShipperConfig:
     consul_port: int = 8500
     consul_scheme: str = "http"
     consul_token: str | None = field(default=None, repr=False)
+    consul_ca_file: str | None = None  # verify an https Consul with this CA (else the system's)
     consul_service: str = "nats"
     consul_timeout: float = 2.0
     # the stream
@@ -86,7 +87,8 @@ class ShipperConfig:
         try:
             url = make_url(self.database_url)
         except ArgumentError as exc:
-            raise ConfigError(f"database url {self.database_url!r} is not a valid URL") from exc
+            shown = redact_url(self.database_url)
+            raise ConfigError(f"database url {shown!r} is not a valid URL") from exc
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             parent = Path(url.database).resolve().parent
             if not parent.is_dir() or not os.access(parent, os.W_OK):
@@ -101,18 +103,22 @@ class ShipperConfig:
             raise ConfigError("nats servers: none given")
         for server in self.nats_servers:
             parts = urlsplit(server)
+            shown = redact_url(server)  # a URL may carry a password: never echo it
             if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
-                raise ConfigError(f"nats url {server!r}: expected nats://host:port")
+                raise ConfigError(f"nats url {shown!r}: expected nats://host:port")
             try:
                 parts.port  # noqa: B018 - raises ValueError for a bad port
             except ValueError as exc:
-                raise ConfigError(f"nats url {server!r}: {exc}") from exc
+                # not {exc}: it quotes the "port", which is a piece of the password when
+                # that holds a "/" (urlsplit then cuts the netloc short)
+                raise ConfigError(f"nats url {shown!r}: bad port") from exc
         for name in (
             "nats_nkey_seed_file",
             "nats_creds_file",
             "tls_ca_file",
             "tls_cert_file",
             "tls_key_file",
+            "consul_ca_file",
         ):
             path = getattr(self, name)
             if path is not None and not os.access(path, os.R_OK):
@@ -145,6 +151,10 @@ class ShipperConfig:
             raise ConfigError("duplicate window must be at least 0.1 s")
         if not 1 <= self.consul_port <= 65535:
             raise ConfigError(f"consul port {self.consul_port} is out of range")
+        if self.consul_scheme not in ("http", "https"):
+            raise ConfigError(f"consul scheme must be http or https, got {self.consul_scheme!r}")
+        if self.consul_ca_file and self.consul_scheme != "https":
+            raise ConfigError("consul ca: a CA file is only used with --consul-scheme https")
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ConfigError(
                 f"log level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}"

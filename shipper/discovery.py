@@ -26,6 +26,9 @@ def _ask_consul(config: ShipperConfig) -> list[str]:
         port=config.consul_port,
         scheme=config.consul_scheme,
         token=config.consul_token,
+        # https: verified against the CA file, else the system's CAs; never switched off
+        # (py-consul would otherwise read CONSUL_HTTP_SSL_VERIFY from the environment)
+        verify=config.consul_ca_file or True,
         connections_timeout=config.consul_timeout,
     )
     if config.consul_token is not None:

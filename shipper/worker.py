@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from outbox import migrate, store
 from outbox.sqlite import create_outbox_engine
 from shipper.config import ShipperConfig, redact_url
-from shipper.connection import connect
+from shipper.connection import CREDENTIAL_HINT, NatsRefused, connect
 from shipper.discovery import Discovery
 from shipper.errors import ConfigError, LeaseLost, TransientError
 from shipper.publisher import Message, Outcome, Publisher
@@ -401,6 +401,14 @@ class Shipper:
         self._closed = asyncio.Event()
         try:
             client = await self._unless_stopped(connect(self.config, servers, self._closed))
+        except NatsRefused as exc:
+            if self.stats.connections == 0:
+                # Never connected: wrong credentials or TLS settings, not an outage. Say so
+                # and stop (exit 2) rather than retry for ever; the rows stay pending.
+                raise ConfigError(
+                    f"nats refused the connection: {exc} ({CREDENTIAL_HINT})"
+                ) from exc
+            raise  # worked before: maybe rotated credentials; keep trying
         except Exception as exc:
             shown = ", ".join(redact_url(server) for server in servers)
             raise TransientError(f"cannot connect to nats {shown}: {exc!r}") from exc

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterable
@@ -109,15 +110,27 @@ class RecordedRequest:
 class ConsulStub:
     """A Consul health API on ``host:port``; set what it answers, read what it was asked."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, acl_token: str | None = None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        acl_token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         # With acl_token set, requests without that exact token get Consul's 403.
         self.acl_token = acl_token
+        # With ssl_context (a server-side context), the stub speaks HTTPS, as an agent with
+        # TLS on its HTTP API does; a failed handshake just drops that connection.
+        self.scheme = "https" if ssl_context is not None else "http"
         self.requests: list[RecordedRequest] = []
         self._services: dict[str, list[ServiceInstance]] = {}
         self._index = 1
         self._failures: list[tuple[int, str]] = []
         self._changed = threading.Condition()
         self._server = ThreadingHTTPServer((host, port), _handler_for(self))
+        if ssl_context is not None:
+            self._server.socket = ssl_context.wrap_socket(self._server.socket, server_side=True)
         self._server.daemon_threads = True
         self.host: str = str(self._server.server_address[0])
         self.port: int = int(self._server.server_address[1])
