@@ -110,6 +110,14 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("--migrate", "migrate", "run billing's migrations before consuming (default true)"),
     Option("--log-format", "log_format", "text or json (default text)"),
     Option("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR (default INFO)"),
+    Option(
+        "--metrics-port",
+        "metrics_port",
+        "serve /metrics, /healthz and /readyz on this port (default off; 0 = any free port)",
+    ),
+    Option(
+        "--metrics-host", "metrics_host", "address the metrics port listens on (default 127.0.0.1)"
+    ),
 )
 
 

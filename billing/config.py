@@ -54,6 +54,8 @@ ENV: Final = {
     "migrate": "BILLING_MIGRATE",
     "log_format": "BILLING_LOG_FORMAT",
     "log_level": "BILLING_LOG_LEVEL",
+    "metrics_port": "BILLING_METRICS_PORT",
+    "metrics_host": "BILLING_METRICS_HOST",
 }
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -102,6 +104,10 @@ class BillingConfig:
     #: ``text`` for people, ``json`` for log pipelines.
     log_format: str = "text"
     log_level: str = "INFO"
+    #: Serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port (None: off; 0: any free).
+    metrics_port: int | None = None
+    #: Loopback by default: exposing the port beyond the host is a deliberate choice.
+    metrics_host: str = "127.0.0.1"
 
     @property
     def nats_servers(self) -> list[str]:
@@ -204,6 +210,8 @@ class BillingConfig:
             raise BillingConfigError(f"log format {self.log_format!r}: text or json")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise BillingConfigError(f"log level {self.log_level!r}: DEBUG, INFO, WARNING, ERROR")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise BillingConfigError(f"metrics port {self.metrics_port} is out of range")
         return self
 
 
@@ -234,7 +242,7 @@ def parse_setting(name: str, raw: str) -> Any:
             if lowered in _FALSE:
                 return False
             raise ValueError("expected true/false")
-        if kind == "int":
+        if kind in ("int", "int | None"):  # an optional int given a value is that int
             return int(text)
         if kind == "float":
             return float(text)

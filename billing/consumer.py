@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
@@ -45,6 +46,7 @@ from billing.config import BillingConfig
 from billing.db import create_billing_engine
 from billing.decode import decode_usage_event
 from billing.errors import BillingConfigError, BillingError, InvalidPayload
+from billing.metrics import ConsumerMetrics, metrics_for
 from billing.report import Audit, BillingReport
 from billing.store import Delivery, Item, Outcome, Rejection, Usage
 from shipper.connection import CREDENTIAL_HINT, NatsRefused, auth_options, open_connection
@@ -111,6 +113,8 @@ class BillingConsumer:
         self.stream: str | None = None
         #: ``new``, ``connecting``, ``waiting_for_stream``, ``consuming`` or ``closed``.
         self.state = "new"
+        # Served on config.metrics_port; hooks that do nothing when it is unset.
+        self.metrics: ConsumerMetrics = metrics_for(self.config)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -134,6 +138,8 @@ class BillingConsumer:
         if self.started:
             return True
         self._closing = False
+        # Serve /healthz at once, and /readyz (503 until consuming) while NATS is awaited.
+        await self.metrics.start(self.engine)
         if self.config.migrate:
             await migrate.upgrade_engine(self.engine)
         self.state = "connecting"
@@ -154,6 +160,7 @@ class BillingConsumer:
                 if await _wait(stop, 1.0):
                     return False
         self.state = "consuming"
+        self.metrics.connected(nc, self.stream)
         logger.info(
             "consuming %s as %s",
             self.stream,
@@ -209,6 +216,7 @@ class BillingConsumer:
 
     async def close(self) -> None:
         """Close the connection (pending acks are flushed) and the engine if owned."""
+        await self.metrics.stop()
         self._sub = None
         if self.state != "new":
             self.state = "closed"
@@ -302,7 +310,10 @@ class BillingConsumer:
     async def process(self, messages: Sequence[Msg]) -> list[Outcome]:
         """Decode, apply in one transaction, then acknowledge each message by its outcome."""
         items = [_decode(message) for message in messages]
+        started = time.monotonic()
         outcomes = await self._apply(items)
+        now = time.time()  # the commit: where an event's lag ends
+        self.metrics.applied(items, outcomes, now=now, seconds=time.monotonic() - started)
         if self._after_commit is not None:
             await self._after_commit(messages, outcomes)
         await self._settle(messages, outcomes)

@@ -245,6 +245,20 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("--log-format", "SHIPPER_LOG_FORMAT", "log_format", str, "text or json"),
     Option("--log-level", "SHIPPER_LOG_LEVEL", "log_level", str, "DEBUG, INFO, WARNING..."),
+    Option(
+        "--metrics-port",
+        "SHIPPER_METRICS_PORT",
+        "metrics_port",
+        int,
+        "serve /metrics, /healthz and /readyz on this port (default off; 0 = any free port)",
+    ),
+    Option(
+        "--metrics-host",
+        "SHIPPER_METRICS_HOST",
+        "metrics_host",
+        str,
+        "address the metrics port listens on (default 127.0.0.1)",
+    ),
 )
 
 

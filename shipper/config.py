@@ -81,6 +81,9 @@ class ShipperConfig:
     exit_when_idle: bool = False
     log_format: str = "text"
     log_level: str = "INFO"
+    # observability: /metrics, /healthz and /readyz on this port (None = off, 0 = any free)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"  # loopback: exposing the port is a deliberate choice
 
     def validate(self) -> ShipperConfig:
         """Raise :class:`ConfigError` naming the setting and the problem; return self."""
@@ -161,6 +164,8 @@ class ShipperConfig:
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log format must be text or json, got {self.log_format!r}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics port {self.metrics_port} is out of range")
         if self.lease_ttl <= self.backoff_cap:
             raise ConfigError("lease ttl must be longer than the backoff cap")
         return self

@@ -32,6 +32,7 @@ from shipper.config import ShipperConfig, redact_url
 from shipper.connection import CREDENTIAL_HINT, NatsRefused, connect
 from shipper.discovery import Discovery
 from shipper.errors import ConfigError, LeaseLost, TransientError
+from shipper.metrics import ShipperMetrics, metrics_for
 from shipper.publisher import Message, Outcome, Publisher
 from shipper.rows import Refusal, to_message
 from shipper.stream import ensure_stream
@@ -125,6 +126,9 @@ class Shipper:
         self._stop = asyncio.Event()
         self._stop_deadline: float | None = None
         self._failing_since: float | None = None
+        self._stream_ready = False  # ensure_stream succeeded on the current connection
+        # Served on config.metrics_port; hooks that do nothing when it is unset.
+        self.metrics: ShipperMetrics = metrics_for(config)
 
     def __repr__(self) -> str:
         return f"<Shipper {self.owner} {self.stats}>"
@@ -158,6 +162,7 @@ class Shipper:
         await self._open_store()
         lease_keeper: asyncio.Task[None] | None = None
         try:
+            await self.metrics.start(self.engine)
             if not await self._wait_for_lease():
                 return self.stats
             lease_keeper = asyncio.create_task(self._keep_lease(), name="shipper-lease")
@@ -173,6 +178,7 @@ class Shipper:
             if lease_keeper is not None:
                 lease_keeper.cancel()
                 await asyncio.gather(lease_keeper, return_exceptions=True)
+            await self.metrics.stop()
             await self._shutdown()
         return self.stats
 
@@ -301,6 +307,7 @@ class Shipper:
         self._record(settlement)
         if claim is None:
             return None
+        self.metrics.dead_lettered(len(claim.buried))
         for row in claim.buried:
             self.stats.dead += 1
             logger.error(
@@ -335,13 +342,16 @@ class Shipper:
         publisher = self._publisher
         assert publisher is not None
         outcome = Settlement(dead=list(batch.refused))
+        started = time.monotonic()
         try:
             results = await publisher.publish(batch.messages) if batch.messages else []
         except TransientError as exc:
+            self.metrics.publish_failed(batch)
             outcome.release.extend(row.id for row in batch.sendable)
             outcome.trouble = str(exc)
             return outcome
         now = time.time()
+        self.metrics.published(batch, results, now=now, seconds=time.monotonic() - started)
         unreachable = 0
         why = ""
         for row, result in zip(batch.sendable, results, strict=True):
@@ -368,12 +378,14 @@ class Shipper:
         self.stats.batches += 1
         if unreachable:
             outcome.trouble = f"{unreachable} messages not stored, e.g. {why}"
+            self._stream_ready = False
         return outcome
 
     def _record(self, settlement: Settlement) -> None:
         """Count and log a settlement once it is committed."""
         self.stats.retried += len(settlement.retry)
         self.stats.dead += len(settlement.dead)
+        self.metrics.dead_lettered(len(settlement.dead))
         self.stats.released += len(settlement.release)
         for failure in settlement.dead:
             logger.error(
@@ -395,6 +407,18 @@ class Shipper:
 
     async def _ensure_connected(self) -> None:
         if self._client is not None and not self._closed.is_set():
+            if not self._stream_ready:
+                # Rows found no stream responder: the stream may have been deleted under a
+                # live connection. Check (and, if allowed, create) it again before claiming.
+                try:
+                    await ensure_stream(
+                        self._client.jetstream(timeout=self.config.publish_timeout), self.config
+                    )
+                except ConfigError:
+                    raise
+                except Exception as exc:
+                    raise TransientError(f"stream not available: {exc!r}") from exc
+                self._stream_ready = True
             return
         await self._disconnect()
         servers = await self._discovery.servers()
@@ -428,7 +452,9 @@ class Shipper:
             await self._disconnect()
             raise TransientError(f"jetstream not ready: {exc!r}") from exc
         self._publisher = publisher
+        self._stream_ready = True
         self.stats.connections += 1
+        self.metrics.connected(client, stream)
         logger.info("shipping to stream %s", stream, extra={"action": "ready", "stream": stream})
 
     async def _unless_stopped(self, connecting: Coroutine[Any, Any, Client]) -> Client:
@@ -477,26 +503,38 @@ class Shipper:
     async def _wait_for_lease(self) -> bool:
         announced = False
         while not self._stop.is_set():
-            async with self.engine.begin() as conn:
-                now = time.time()
-                if await store.take_lease(
-                    conn, name=LEASE_NAME, owner=self.owner, now=now, ttl=self.config.lease_ttl
-                ):
-                    counted = await store.recover_in_flight(conn, name=LEASE_NAME)
-                    logger.info(
-                        "holding the outbox lease as %s",
-                        self.owner,
-                        extra={"action": "lease_taken"},
+            counted: int | None = None
+            try:
+                async with self.engine.begin() as conn:
+                    now = time.time()
+                    if await store.take_lease(
+                        conn, name=LEASE_NAME, owner=self.owner, now=now, ttl=self.config.lease_ttl
+                    ):
+                        counted = await store.recover_in_flight(conn, name=LEASE_NAME)
+                    else:
+                        holder = await store.lease_holder(conn, name=LEASE_NAME)
+            except SQLAlchemyError as exc:
+                # Disk full, locked past busy_timeout: wait and try again, as the running
+                # loop does, instead of exiting (a supervisor would restart us into it).
+                logger.warning(
+                    "cannot take the outbox lease: %s; retrying",
+                    exc,
+                    extra={"action": "lease_take_failed"},
+                )
+                await self._sleep(self.config.lease_ttl / 3)
+                continue
+            if counted is not None:
+                logger.info(
+                    "holding the outbox lease as %s", self.owner, extra={"action": "lease_taken"}
+                )
+                if counted:
+                    logger.warning(
+                        "the previous shipper stopped with %d rows in flight; counted an "
+                        "attempt on each",
+                        counted,
+                        extra={"action": "in_flight_recovered"},
                     )
-                    if counted:
-                        logger.warning(
-                            "the previous shipper stopped with %d rows in flight; counted an "
-                            "attempt on each",
-                            counted,
-                            extra={"action": "in_flight_recovered"},
-                        )
-                    return True
-                holder = await store.lease_holder(conn, name=LEASE_NAME)
+                return True
             if not announced:
                 who, until = holder or ("?", now)
                 logger.warning(

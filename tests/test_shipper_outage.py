@@ -166,11 +166,13 @@ async def test_no_stream_responder_holds_rows_without_burning_attempts(
     jetstream: JetStreamContext,
     run_shipper: ShipperRunner,
 ) -> None:
-    """The stream vanishes under a running shipper (503, no responders): rows wait with
-    no attempt counted, and ship once a stream captures the subjects again."""
+    """The stream vanishes under a running shipper that may not create one (503, no
+    responders): rows wait with no attempt counted, and ship once an operator puts a
+    stream back."""
+    await jetstream.add_stream(name="USAGE", subjects=["billing.usage.recorded.*"])
     first = await write_events(outbox_path, 10)
     shipper, _task = run_shipper.start(
-        shipper_config(outbox_path, nats_server.url, exit_when_idle=False)
+        shipper_config(outbox_path, nats_server.url, exit_when_idle=False, create_stream=False)
     )
     await wait_until(lambda: pending(outbox_path) == 0, message="first events shipped")
     await jetstream.delete_stream("USAGE")
@@ -185,3 +187,23 @@ async def test_no_stream_responder_holds_rows_without_burning_attempts(
     await wait_until(lambda: pending(outbox_path) == 0, 10, message="shipped after the stream")
     assert Counter(msg_ids(await read_stream(nats_server.url))) == Counter(second)
     assert set(first).isdisjoint(msg_ids(await read_stream(nats_server.url)))
+
+
+async def test_a_stream_deleted_under_a_running_shipper_is_created_again(
+    outbox_path: Path,
+    nats_server: NatsServer,
+    jetstream: JetStreamContext,
+    run_shipper: ShipperRunner,
+) -> None:
+    """With stream creation allowed, the shipper does not wait for a restart: the first
+    batch with no stream responder makes it check the stream again, and it re-creates it."""
+    await write_events(outbox_path, 10)
+    shipper, _task = run_shipper.start(
+        shipper_config(outbox_path, nats_server.url, exit_when_idle=False)
+    )
+    await wait_until(lambda: pending(outbox_path) == 0, message="first events shipped")
+    await jetstream.delete_stream("USAGE")
+    second = await write_events(outbox_path, 10)
+    await wait_until(lambda: pending(outbox_path) == 0, 10, message="shipped to a new stream")
+    assert Counter(msg_ids(await read_stream(nats_server.url))) == Counter(second)
+    assert shipper.stats.dead == 0 and shipper.stats.connections == 1
