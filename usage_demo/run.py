@@ -65,6 +65,8 @@ class Demo:
         self.nats_restarts = 0
         self.replayed = 0
         self.stop_billing = asyncio.Event()
+        self.progress = asyncio.Condition()  # notified as events are written
+        self.writing_done = False
         self.consumer: BillingConsumer | None = None
         self.log = (workdir / "shipper.log").open("ab")
 
@@ -125,9 +127,13 @@ class Demo:
                 await self.record(call, sessions)
                 await asyncio.sleep(interval * self.args.handlers)
 
-        await asyncio.gather(*(handler() for _ in range(self.args.handlers)))
-        await LegacyChatService.usage_outbox.close()
-        await engine.dispose()
+        try:
+            await asyncio.gather(*(handler() for _ in range(self.args.handlers)))
+        finally:
+            self.writing_done = True
+            await self.notify_progress()
+            await LegacyChatService.usage_outbox.close()
+            await engine.dispose()
 
     async def record(self, call: Call, sessions: async_sessionmaker[AsyncSession]) -> None:
         if call.service == "legacy-chat":
@@ -141,6 +147,7 @@ class Demo:
                 _current_call.reset(token)
             if not ok:
                 raise RuntimeError(f"legacy service could not record {call}")
+            await self.notify_progress()
             return
         async with sessions() as session, session.begin():
             event_id = await record_usage(
@@ -158,6 +165,11 @@ class Demo:
                 )
             )
         self.written[event_id] = call
+        await self.notify_progress()
+
+    async def notify_progress(self) -> None:
+        async with self.progress:
+            self.progress.notify_all()
 
     # -- the run -----------------------------------------------------------------------
 
@@ -228,8 +240,10 @@ class Demo:
         if self.args.chaos:
             plan += [(total // 4, "shipper"), (3 * total // 4, "shipper")]
         for at, what in sorted(plan):
-            while len(self.written) < at and not writer.done():
-                await asyncio.sleep(0.02)
+            async with self.progress:
+                await self.progress.wait_for(
+                    lambda at=at: len(self.written) >= at or self.writing_done
+                )
             if what == "nats":
                 self.nats.kill()
                 if self.args.chaos:
@@ -290,11 +304,12 @@ class Demo:
         assert self.consumer is not None
         return self.consumer.stats.duplicates >= self.replayed
 
-    async def wait_for(self, what: str, condition: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, what: str, condition: Any, within: float) -> None:
+        """Poll ``condition`` (a database or counter check) until true or ``within`` s."""
+        deadline = time.monotonic() + within
         while not await condition():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"gave up waiting for: {what} ({timeout:.0f} s)")
+                raise TimeoutError(f"gave up waiting for: {what} ({within:.0f} s)")
             await asyncio.sleep(0.1)
 
     async def replay_billed_events(self, count: int) -> None:
