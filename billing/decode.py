@@ -156,7 +156,9 @@ def decode_usage_event(data: bytes) -> UsageRecord:
             raise InvalidPayload(f"missing required field(s): {', '.join(missing)}")
         event_id = _text(document, "event_id")
         unit_type = document["unit_type"]
-        if unit_type not in UNIT_TYPES:
+        # Type first: `[...] in frozenset` raises TypeError (a list is unhashable), which
+        # escaped the consumer and stopped it on every redelivery of such a message.
+        if not isinstance(unit_type, str) or unit_type not in UNIT_TYPES:
             raise InvalidPayload(
                 f"unit_type: must be 'token' or 'request', got {unit_type!r}"
                 if isinstance(unit_type, str)
