@@ -35,13 +35,25 @@ class UsageArgs(TypedDict, total=False):
     metadata: Mapping[str, Any] | None
 
 
-async def _async_connection(target: AsyncSession | AsyncConnection) -> AsyncConnection:
-    # Session.connection() joins (or begins) the session's transaction; it never commits.
-    return await target.connection() if isinstance(target, AsyncSession) else target
-
-
 def _sync_connection(target: Session | Connection) -> Connection:
+    # Session.connection() joins (or begins) the session's transaction; it never commits.
     return target.connection() if isinstance(target, Session) else target
+
+
+def _insert_sync(target: Session | Connection, rows: dict[str, Any] | list[dict[str, Any]]) -> None:
+    _sync_connection(target).execute(store.INSERT, rows)
+
+
+async def _insert(
+    target: AsyncSession | AsyncConnection, rows: dict[str, Any] | list[dict[str, Any]]
+) -> None:
+    # One hop into SQLAlchemy's sync world for the session case (connection() and
+    # execute() awaited separately cost two); a single row goes as a plain execute, a
+    # list as executemany.
+    if isinstance(target, AsyncSession):
+        await target.run_sync(_insert_sync, rows)
+    else:
+        await target.execute(store.INSERT, rows)
 
 
 def _build_all(events: Iterable[Mapping[str, Any]], max_payload_bytes: int) -> list[UsageEvent]:
@@ -78,8 +90,7 @@ async def record_usage(
         metadata=metadata,
         max_payload_bytes=max_payload_bytes,
     )
-    connection = await _async_connection(session_or_connection)
-    await connection.execute(store.INSERT, store.event_rows([event]))
+    await _insert(session_or_connection, store.event_rows([event])[0])
     return event.event_id
 
 
@@ -112,7 +123,7 @@ def record_usage_sync(
         metadata=metadata,
         max_payload_bytes=max_payload_bytes,
     )
-    _sync_connection(session_or_connection).execute(store.INSERT, store.event_rows([event]))
+    _insert_sync(session_or_connection, store.event_rows([event])[0])
     return event.event_id
 
 
@@ -125,8 +136,7 @@ async def record_usages(
     """Batch form: validate every event, then insert them all in one statement."""
     built = _build_all(events, max_payload_bytes)
     if built:
-        connection = await _async_connection(session_or_connection)
-        await connection.execute(store.INSERT, store.event_rows(built))
+        await _insert(session_or_connection, store.event_rows(built))
     return [e.event_id for e in built]
 
 
@@ -139,5 +149,5 @@ def record_usages_sync(
     """Batch form of :func:`record_usage_sync`."""
     built = _build_all(events, max_payload_bytes)
     if built:
-        _sync_connection(session_or_connection).execute(store.INSERT, store.event_rows(built))
+        _insert_sync(session_or_connection, store.event_rows(built))
     return [e.event_id for e in built]
