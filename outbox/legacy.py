@@ -64,8 +64,8 @@ class UsageEventPublisherMixin:
             "output_units": output_units,
             "metadata": metadata,
         }
-        outbox = self.usage_outbox or default_outbox()
         try:
+            outbox = self.usage_outbox or default_outbox()  # inside: nothing may escape
             await outbox.record(**event)
         except InvalidUsageEvent as exc:
             logger.error(
