@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import sqlalchemy as sa
 from alembic import context
 from sqlalchemy import Connection
 
@@ -18,8 +19,19 @@ from outbox.sqlite import create_outbox_sync_engine
 
 config = context.config
 
+#: PostgreSQL advisory lock key held while migrating ("usage_ob" in ASCII).
+MIGRATION_LOCK_KEY = 0x75736167655F6F62
+
 
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Processes starting together (service replicas, shippers) would each try to create
+        # the tables and all but one fail on a duplicate key in pg_type: they take turns,
+        # and the later ones find the schema current. The lock ends with the transaction.
+        # (On SQLite the engines of outbox.sqlite start with BEGIN IMMEDIATE instead.)
+        connection.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+        )
     context.configure(
         connection=connection,
         target_metadata=metadata,
