@@ -264,12 +264,16 @@ async def open_connection(
 async def connect(config: ShipperConfig, servers: list[str], closed: asyncio.Event) -> Client:
     """Connect to ``servers``; ``closed`` is set when the client gives up for good."""
 
+    # ``closed`` already set means the shipper is closing this connection itself: a
+    # state change worth a debug line, not a warning an operator has to look into.
     async def on_closed() -> None:
-        logger.warning("nats connection closed", extra={"action": "nats_closed"})
+        level = logging.DEBUG if closed.is_set() else logging.WARNING
+        logger.log(level, "nats connection closed", extra={"action": "nats_closed"})
         closed.set()
 
     async def on_disconnected() -> None:
-        logger.warning("nats disconnected", extra={"action": "nats_disconnected"})
+        level = logging.DEBUG if closed.is_set() else logging.WARNING
+        logger.log(level, "nats disconnected", extra={"action": "nats_disconnected"})
 
     async def on_reconnected() -> None:
         logger.info("nats reconnected", extra={"action": "nats_reconnected"})

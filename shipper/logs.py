@@ -42,3 +42,6 @@ def configure_logging(log_format: str, level: str) -> None:
     root.setLevel(level.upper())
     # alembic announces every migration context at INFO; it is noise at start-up.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its parameters at DEBUG: payloads must never
+    # reach the logs, whatever level an operator picks.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))

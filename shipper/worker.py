@@ -479,6 +479,8 @@ class Shipper:
             await self._publisher.close()
             self._publisher = None
         client, self._client = self._client, None
+        # Closing on purpose: the connection's callbacks see this and stay quiet.
+        self._closed.set()
         if client is not None and not client.is_closed:
             # Flush what is buffered, then close, each within the time left: not
             # client.drain(), which a timeout cannot cut short (cancelled, it still waits
