@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -108,6 +108,8 @@ def _service_type_text(value: object) -> str:
 def _token_count(field: str, value: object) -> int | None:
     if value is None:
         return None
+    if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT:  # the usual case, first
+        return value
     # bool is an int subclass; True tokens is a caller bug, not a count of one.
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidUsageEvent(field, f"must be a whole number, got {value!r}")
@@ -137,7 +139,7 @@ def _unit_count(field: str, value: object) -> float | None:
 def _metadata(value: object) -> Mapping[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise InvalidUsageEvent("metadata", f"must be a dict, got {type(value).__name__}")
     for key, item in value.items():
         if not isinstance(key, str):
@@ -203,15 +205,8 @@ def _make_json_encoder() -> Callable[[dict[str, Any]], str]:
 _json_encode = _make_json_encoder()
 
 
-def _encode(document: dict[str, Any]) -> bytes:
-    try:
-        text = _json_encode(document)
-        # The text fields were checked already, so an encoding failure is in metadata.
-        return text.encode("utf-8")
-    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
-        raise InvalidUsageEvent("metadata", f"is not JSON-serialisable: {exc}") from exc
-    except RecursionError:  # nested deeper than the encoder can walk
-        raise InvalidUsageEvent("metadata", "is nested too deeply to encode") from None
+#: A str as a JSON string literal, exactly as json.dumps(ensure_ascii=False) writes it.
+_quote: Callable[[str], str] = json.encoder.encode_basestring
 
 
 _stamp_cache: tuple[int, str] = (0, "1970-01-01T00:00:00")
@@ -238,14 +233,9 @@ def new_event_id(now_ns: int) -> str:
     random bits. The id therefore carries the same instant as the event's ``timestamp``.
     """
     millis, rest = divmod(now_ns, 1_000_000)
-    value = (
-        (millis & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76
-        | (rest * 4096 // 1_000_000) << 64
-        | 0b10 << 62
-        | secrets.randbits(62)
-    )
-    text = f"{value:032x}"
+    head = ((millis & 0xFFFF_FFFF_FFFF) << 16 | 0x7000 | rest * 4096 // 1_000_000).to_bytes(8)
+    tail = int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF | 0x8000_0000_0000_0000
+    text = (head + tail.to_bytes(8)).hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
@@ -301,21 +291,20 @@ def build_usage_event(
             "product_id", f"is too long for a subject token (limit {MAX_TOKEN_LENGTH} encoded)"
         )
 
-    details: dict[str, Any] = {
-        "provider": provider_text,
-        "model": product,
-        "operation": operation_text,
-        "service_type": service,
-    }
-    for key, count in (
-        ("input_tokens", tokens_in),
-        ("output_tokens", tokens_out),
-        ("input_units", units_in),
-        ("output_units", units_out),
-    ):
-        if count is not None:
-            details[key] = count
-    details.update(extra)
+    # The payload is spelled out around JSON-encoded values (the C string encoder, the
+    # number reprs json uses, the prebuilt encoder for metadata): the same bytes as
+    # json.dumps of the document, in the contract's key order, at half the cost. The
+    # tests check it against json.dumps for every accepted input they generate.
+    counts = ""
+    if tokens_in is not None:
+        counts += f',"input_tokens":{int.__repr__(tokens_in)}'
+    if tokens_out is not None:
+        counts += f',"output_tokens":{int.__repr__(tokens_out)}'
+    if units_in is not None:
+        counts += f',"input_units":{float.__repr__(units_in)}'
+    if units_out is not None:
+        counts += f',"output_units":{float.__repr__(units_out)}'
+    amount = int.__repr__(usage_amount) if unit_type == "token" else float.__repr__(usage_amount)
 
     if now is None:
         now_ns = time.time_ns()
@@ -323,17 +312,22 @@ def build_usage_event(
     else:
         now_ns, created_at = round(now * 1e9), now
     event_id = new_event_id(now_ns)
-    payload = _encode(
-        {
-            "event_id": event_id,
-            "user_id": user,
-            "product_id": product,
-            "usage_amount": usage_amount,
-            "unit_type": unit_type,
-            "usage_details": details,
-            "timestamp": iso_timestamp(now_ns),
-        }
-    )
+    try:
+        extra_json = _json_encode(extra if type(extra) is dict else dict(extra)) if extra else ""
+        payload = (
+            f'{{"event_id":"{event_id}","user_id":{_quote(user)},'
+            f'"product_id":{_quote(product)},"usage_amount":{amount},'
+            f'"unit_type":"{unit_type}","usage_details":{{"provider":{_quote(provider_text)},'
+            f'"model":{_quote(product)},"operation":{_quote(operation_text)},'
+            f'"service_type":{_quote(service)}{counts}'
+            f"{',' + extra_json[1:-1] if len(extra_json) > 2 else ''}}},"
+            f'"timestamp":"{iso_timestamp(now_ns)}"}}'
+        ).encode()
+    # The text fields were checked already, so an encoding failure is in metadata.
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise InvalidUsageEvent("metadata", f"is not JSON-serialisable: {exc}") from exc
+    except RecursionError:  # nested deeper than the encoder can walk
+        raise InvalidUsageEvent("metadata", "is nested too deeply to encode") from None
     if len(payload) > max_payload_bytes:
         raise InvalidUsageEvent(
             "payload",

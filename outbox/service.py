@@ -29,6 +29,7 @@ from outbox import migrate, store
 from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, UsageEvent, build_usage_event
 from outbox.errors import OutboxError, OutboxStoreError
 from outbox.sqlite import DEFAULT_BUSY_TIMEOUT_MS, create_outbox_engine, is_sqlite, sqlite_url
+from outbox.write import _insert_sync
 
 logger = logging.getLogger("outbox.service")
 
@@ -280,7 +281,7 @@ class Outbox:
         error: OutboxError | None = None
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(store.INSERT, rows)
+                await conn.run_sync(_insert_sync, rows)
             self.commits += 1
         except Exception as exc:
             # Disk full, locked past busy_timeout, file gone, or anything else: every caller

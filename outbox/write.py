@@ -8,8 +8,9 @@ so a refused event (:class:`~outbox.errors.InvalidUsageEvent`) leaves the table 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
+from operator import itemgetter
 from typing import Any, TypedDict
 
 from sqlalchemy import Connection
@@ -40,20 +41,48 @@ def _sync_connection(target: Session | Connection) -> Connection:
     return target.connection() if isinstance(target, Session) else target
 
 
-def _insert_sync(target: Session | Connection, rows: dict[str, Any] | list[dict[str, Any]]) -> None:
-    _sync_connection(target).execute(store.INSERT, rows)
+Rows = dict[str, Any] | list[dict[str, Any]]
+
+#: ``store.INSERT`` compiled once per dialect: SQL text and, for a positional paramstyle,
+#: a getter turning a row dict into its parameter tuple.
+_compiled_inserts: dict[tuple[Any, ...], tuple[str, Callable[[dict[str, Any]], Any] | None]] = {}
 
 
-async def _insert(
-    target: AsyncSession | AsyncConnection, rows: dict[str, Any] | list[dict[str, Any]]
-) -> None:
-    # One hop into SQLAlchemy's sync world for the session case (connection() and
-    # execute() awaited separately cost two); a single row goes as a plain execute, a
-    # list as executemany.
-    if isinstance(target, AsyncSession):
-        await target.run_sync(_insert_sync, rows)
+def _insert_sync(target: Session | Connection, rows: Rows) -> None:
+    """Insert outbox rows at the DBAPI level: ``store.INSERT``, compiled once for the
+    connection's dialect, then ``cursor.execute``/``executemany`` through
+    ``exec_driver_sql``. Going through ``Connection.execute`` instead re-processes every
+    parameter of every row (about 2 us a row, a tenth of the batch form's budget). The
+    values need no conversion: text, bytes and floats are what every DBAPI takes."""
+    connection = _sync_connection(target)
+    first = rows if isinstance(rows, dict) else rows[0]
+    dialect = connection.dialect
+    key = (type(dialect), dialect.paramstyle, tuple(first))
+    compiled = _compiled_inserts.get(key)
+    if compiled is None:
+        statement = store.INSERT.compile(dialect=dialect, column_keys=list(first))
+        names = list(statement.positiontup or ()) if statement.positional else []
+        getter: Callable[[dict[str, Any]], Any] | None = None
+        if len(names) > 1:
+            getter = itemgetter(*names)
+        elif names:  # itemgetter of one name returns the bare value, not a 1-tuple
+            name = names[0]
+            getter = lambda row: (row[name],)  # noqa: E731
+        compiled = _compiled_inserts[key] = (str(statement), getter)
+    sql, getter = compiled
+    if getter is None:
+        connection.exec_driver_sql(sql, rows)
+    elif isinstance(rows, dict):
+        connection.exec_driver_sql(sql, getter(rows))
     else:
-        await target.execute(store.INSERT, rows)
+        connection.exec_driver_sql(sql, list(map(getter, rows)))
+
+
+async def _insert(target: AsyncSession | AsyncConnection, rows: Rows) -> None:
+    # One hop into SQLAlchemy's sync world (for a session, awaiting connection() and then
+    # execute() would cost two); a single row goes as a plain execute, a list as
+    # executemany.
+    await target.run_sync(_insert_sync, rows)
 
 
 def _build_all(events: Iterable[Mapping[str, Any]], max_payload_bytes: int) -> list[UsageEvent]:
