@@ -16,6 +16,8 @@ import sqlalchemy as sa
 
 PENDING: Final = "pending"
 DEAD: Final = "dead"
+#: Acknowledged by JetStream and kept for audit (``--keep-sent-hours``); deleted later.
+SENT: Final = "sent"
 
 metadata = sa.MetaData()
 
@@ -61,6 +63,12 @@ outbox_table = sa.Table(
         comment="Unix seconds; a row is due when this is in the past",
     ),
     sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column(
+        "sent_at",
+        sa.Double(),
+        nullable=True,
+        comment="PubAck time, Unix seconds, for rows kept as sent",
+    ),
     sa.UniqueConstraint("event_id", name="uq_usage_outbox_event_id"),
     sa.Index("ix_usage_outbox_state_id", "state", "id"),
 )

@@ -11,6 +11,9 @@
   of the transaction. A deferred transaction that reads and then writes can fail at once
   with ``SQLITE_BUSY`` (the busy handler is not called for a lock upgrade on a stale
   snapshot); taking the lock up front makes every conflict a plain, bounded wait.
+* ``auto_vacuum=INCREMENTAL``: a new file can give the pages freed by a drained backlog
+  back to the file system in small steps (the shipper runs ``PRAGMA incremental_vacuum``);
+  an existing file keeps its mode until a one-time ``VACUUM`` (docs/retention.md).
 * Owner-only files: an engine created here creates a missing database file with mode
   0600 just before SQLite opens it (:func:`create_private_file`, on each new DBAPI
   connection). SQLite gives the ``-wal`` and
@@ -67,6 +70,9 @@ def configure_sqlite(
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            # Only takes effect on a file with no table yet (or at the next VACUUM): every
+            # new outbox file can hand free pages back with PRAGMA incremental_vacuum.
+            cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute(f"PRAGMA synchronous = {synchronous}")
         finally:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from outbox.contract import EVENT_TYPE, UsageEvent
-from outbox.schema import DEAD, PENDING, lease_table, outbox_table
+from outbox.schema import DEAD, PENDING, SENT, lease_table, outbox_table
 
 _t = outbox_table.c
 
@@ -189,6 +189,42 @@ async def delete_sent(conn: AsyncConnection, ids: Sequence[int]) -> int:
     return result.rowcount or 0
 
 
+async def mark_sent(conn: AsyncConnection, ids: Sequence[int], *, now: float) -> int:
+    """Keep acknowledged rows as ``sent`` (for audit) instead of deleting them at once;
+    :func:`delete_sent_before` removes them later. Only ever called with acknowledged ids."""
+    if not ids:
+        return 0
+    result = await conn.execute(
+        sa.update(outbox_table).where(_ids_in(ids)).values(state=SENT, sent_at=now)
+    )
+    return result.rowcount or 0
+
+
+async def delete_sent_before(conn: AsyncConnection, *, before: float, limit: int) -> int:
+    """Delete at most ``limit`` ``sent`` rows acknowledged before ``before``, oldest ids
+    first. Small batches keep each write transaction (and writers' waits) short; the
+    subquery walks the ``(state, id)`` index, never the whole table."""
+    oldest = (
+        sa.select(_t.id)
+        .where(_t.state == SENT, _t.sent_at < before)
+        .order_by(_t.id)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    result = await conn.execute(sa.delete(outbox_table).where(_t.id.in_(oldest)))
+    return result.rowcount or 0
+
+
+async def purge_dead(conn: AsyncConnection, *, before: float, dry_run: bool = False) -> int:
+    """Delete dead rows written (``created_at``) before ``before``; with ``dry_run`` only
+    count them. Returns the number of rows (to be) deleted."""
+    where = sa.and_(_t.state == DEAD, _t.created_at < before)
+    if dry_run:
+        return (await conn.scalar(sa.select(sa.func.count()).where(where))) or 0
+    result = await conn.execute(sa.delete(outbox_table).where(where))
+    return result.rowcount or 0
+
+
 async def retry_later(conn: AsyncConnection, failures: Sequence[Failure]) -> None:
     """Record a per-row failure: one more attempt counted, and the row waits its backoff."""
     if failures:
@@ -234,6 +270,7 @@ class OutboxStatus:
     dead: int
     oldest_pending_at: float | None
     last_error: str | None
+    sent: int = 0  # acknowledged rows kept for audit (--keep-sent-hours)
 
 
 async def status(conn: AsyncConnection) -> OutboxStatus:
@@ -248,6 +285,7 @@ async def status(conn: AsyncConnection) -> OutboxStatus:
         dead=counts.get(DEAD, 0),
         oldest_pending_at=oldest,
         last_error=last_error,
+        sent=counts.get(SENT, 0),
     )
 
 
@@ -349,3 +387,54 @@ async def drop_lease(conn: AsyncConnection, *, name: str, owner: str) -> None:
     await conn.execute(
         sa.delete(lease_table).where(lease_table.c.name == name, lease_table.c.owner == owner)
     )
+
+
+# -- file space (SQLite only) ------------------------------------------------------------
+
+
+async def freelist_pages(conn: AsyncConnection) -> int:
+    """Free pages in an SQLite file (space a vacuum could give back); 0 elsewhere."""
+    if conn.dialect.name != "sqlite":
+        return 0
+    return int((await conn.exec_driver_sql("PRAGMA freelist_count")).scalar() or 0)
+
+
+async def incremental_vacuum(conn: AsyncConnection, pages: int) -> None:
+    """Give back up to ``pages`` free pages to the file system (SQLite with
+    ``auto_vacuum=INCREMENTAL``; a no-op otherwise). Run inside a short write transaction."""
+    if conn.dialect.name == "sqlite":
+        # SQLite frees one page per step of incremental_vacuum(N), and Python's sqlite3
+        # steps a statement that returns no columns only once: N=256 would free one page.
+        # One page per execution, run ``pages`` times in one executemany, frees them all.
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        await driver.executemany("PRAGMA incremental_vacuum(1)", [()] * int(pages))
+
+
+async def checkpoint(conn: AsyncConnection, mode: str = "PASSIVE") -> tuple[int, int, int] | None:
+    """A WAL checkpoint outside any transaction; returns (busy, wal frames, checkpointed).
+
+    PASSIVE never waits for anyone. TRUNCATE also empties the -wal file, but waits for
+    readers and holds off writers meanwhile: call it only right after a PASSIVE one has
+    copied every frame, when it has nothing left to copy and finishes at once."""
+    if conn.dialect.name != "sqlite":
+        return None
+    if mode not in ("PASSIVE", "TRUNCATE"):
+        raise ValueError(f"checkpoint mode {mode!r}")
+    # On the driver connection: a checkpoint inside a transaction (the engine's BEGIN
+    # IMMEDIATE) could not run. ``conn`` must not have begun one.
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    cursor = await driver.execute(f"PRAGMA wal_checkpoint({mode})")
+    try:
+        row = await cursor.fetchone()
+    finally:
+        await cursor.close()
+    return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+
+async def auto_vacuum_mode(conn: AsyncConnection) -> int:
+    """SQLite's ``auto_vacuum``: 0 none, 1 full, 2 incremental; -1 for other databases."""
+    if conn.dialect.name != "sqlite":
+        return -1
+    return int((await conn.exec_driver_sql("PRAGMA auto_vacuum")).scalar() or 0)

@@ -243,6 +243,34 @@ OPTIONS: tuple[Option, ...] = (
         _bool,
         "drain what is due, then exit (burst mode)",
     ),
+    Option(
+        "--keep-sent-hours",
+        "SHIPPER_KEEP_SENT_HOURS",
+        "keep_sent_hours",
+        float,
+        "keep acknowledged rows this many hours as 'sent' for audit (default 0: delete at once)",
+    ),
+    Option(
+        "--cleanup-batch",
+        "SHIPPER_CLEANUP_BATCH",
+        "cleanup_batch",
+        int,
+        "expired sent rows deleted per transaction (default 500)",
+    ),
+    Option(
+        "--vacuum-pages",
+        "SHIPPER_VACUUM_PAGES",
+        "vacuum_pages",
+        int,
+        "free pages given back per transaction when the file shrinks (default 256; 0 = off)",
+    ),
+    Option(
+        "--vacuum-min-free-pages",
+        "SHIPPER_VACUUM_MIN_FREE_PAGES",
+        "vacuum_min_free_pages",
+        int,
+        "free pages that start a shrink of the outbox file (default 1024)",
+    ),
     Option("--log-format", "SHIPPER_LOG_FORMAT", "log_format", str, "text or json"),
     Option("--log-level", "SHIPPER_LOG_LEVEL", "log_level", str, "DEBUG, INFO, WARNING..."),
     Option(
@@ -305,6 +333,25 @@ def _outbox_url(args: argparse.Namespace, env: Mapping[str, str]) -> str:
     return url
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``45s``, ``2w`` or plain seconds, as seconds."""
+    cleaned = text.strip().lower()
+    unit = _DURATION_UNITS.get(cleaned[-1:]) if cleaned else None
+    number = cleaned[:-1] if unit is not None else cleaned
+    try:
+        value = float(number) * (unit or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad duration {text!r}: expected e.g. 7d, 12h, 30m"
+        ) from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"bad duration {text!r}: must be 0 or more")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the project's one-line errors (``usage-shipper: ...``, exit 2)."""
 
@@ -322,7 +369,7 @@ def _parser() -> argparse.ArgumentParser:
     database_only = [o for o in OPTIONS if o.field == "database_url"]
     status = commands.add_parser("status", help="pending and dead counts, oldest age, last error")
     _add_options(status, database_only)
-    dead = commands.add_parser("dead", help="list or requeue dead rows")
+    dead = commands.add_parser("dead", help="list, requeue or purge dead rows")
     dead_commands = dead.add_subparsers(dest="dead_command", required=True)
     listing = dead_commands.add_parser("list", help="list dead rows with their reasons")
     _add_options(listing, database_only)
@@ -331,6 +378,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_options(requeue, database_only)
     requeue.add_argument("ids", nargs="*", type=int, help="row ids (see dead list)")
     requeue.add_argument("--all", action="store_true", help="requeue every dead row")
+    purge = dead_commands.add_parser("purge", help="delete dead rows older than a duration")
+    _add_options(purge, database_only)
+    purge.add_argument(
+        "--older-than",
+        required=True,
+        type=parse_duration,
+        metavar="DURATION",
+        help="age by created_at: 7d, 12h, 30m, 45s (a plain number is seconds)",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="print the count, delete nothing")
     return parser
 
 
@@ -361,6 +418,8 @@ async def _status(url: str) -> None:
         print(f"pending             {current.pending}")
         print(f"oldest pending age  {age}")
         print(f"dead                {current.dead}")
+        if current.sent:
+            print(f"sent (kept)         {current.sent}")
         print(f"last error          {current.last_error or '-'}")
 
     await _with_store(url, show)
@@ -385,6 +444,18 @@ async def _dead_requeue(url: str, ids: list[int] | None) -> None:
     await _with_store(url, requeue)
 
 
+async def _dead_purge(url: str, older_than: float, dry_run: bool) -> None:
+    async def purge(conn: Any) -> None:
+        before = time.time() - older_than
+        count = await store.purge_dead(conn, before=before, dry_run=dry_run)
+        if dry_run:
+            print(f"would purge {count} dead rows (dry run)")
+        else:
+            print(f"purged {count} dead rows")
+
+    await _with_store(url, purge)
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
     environment = os.environ if env is None else env
@@ -402,6 +473,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             asyncio.run(_status(url))
         elif args.dead_command == "list":
             asyncio.run(_dead_list(url, args.limit))
+        elif args.dead_command == "purge":
+            asyncio.run(_dead_purge(url, args.older_than, args.dry_run))
         else:
             if not args.ids and not args.all:
                 raise ConfigError("dead requeue: give row ids or --all")

@@ -79,6 +79,11 @@ class ShipperConfig:
     lease_ttl: float = 15.0
     shutdown_timeout: float = 10.0
     exit_when_idle: bool = False
+    # retention: acknowledged rows kept this long as "sent" (0 = deleted at once)
+    keep_sent_hours: float = 0.0
+    cleanup_batch: int = 500  # sent rows deleted per transaction
+    vacuum_pages: int = 256  # pages given back per transaction (0 = never shrink the file)
+    vacuum_min_free_pages: int = 1024  # start shrinking once this many pages are free
     log_format: str = "text"
     log_level: str = "INFO"
     # observability: /metrics, /healthz and /readyz on this port (None = off, 0 = any free)
@@ -150,6 +155,11 @@ class ShipperConfig:
                 raise ConfigError(
                     f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}"
                 )
+        for name in ("keep_sent_hours", "vacuum_pages", "vacuum_min_free_pages"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must not be negative")
+        if self.cleanup_batch <= 0:
+            raise ConfigError(f"cleanup batch must be positive, got {self.cleanup_batch}")
         if self.duplicate_window < 0.1:
             raise ConfigError("duplicate window must be at least 0.1 s")
         if not 1 <= self.consul_port <= 65535:

@@ -40,6 +40,8 @@ from shipper.stream import ensure_stream
 logger = logging.getLogger("shipper")
 
 LEASE_NAME = "shipper"
+#: Pause between two cleanup or vacuum steps, so writers take the lock in between.
+TIDY_PAUSE = 0.02
 
 
 @dataclass
@@ -53,6 +55,8 @@ class ShipperStats:
     released: int = 0  # rows handed back because JetStream was unreachable
     batches: int = 0
     connections: int = 0
+    cleaned: int = 0  # expired sent rows deleted
+    vacuumed_pages: int = 0  # free pages given back to the file system
     last_error: str | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -127,6 +131,8 @@ class Shipper:
         self._stop_deadline: float | None = None
         self._failing_since: float | None = None
         self._stream_ready = False  # ensure_stream succeeded on the current connection
+        self._auto_vacuum: bool | None = None  # the file can shrink (checked once)
+        self._shrinking = False  # a vacuum pass is under way: go on until no page is free
         # Served on config.metrics_port; hooks that do nothing when it is unset.
         self.metrics: ShipperMetrics = metrics_for(config)
 
@@ -171,6 +177,11 @@ class Shipper:
                 if shipped is None:
                     break
                 if shipped < self.config.batch_size:
+                    more = await self._tidy()
+                    if more:
+                        # Short pause between cleanup steps: writers get the lock in between.
+                        await self._sleep(TIDY_PAUSE)
+                        continue
                     if shipped == 0 and self.config.exit_when_idle:
                         break
                     await self._sleep(self.config.poll_interval)
@@ -280,7 +291,10 @@ class Shipper:
         now = time.time()
         async with self.engine.begin() as conn:
             if settlement:
-                await store.delete_sent(conn, settlement.acked)
+                if self.config.keep_sent_hours > 0:
+                    await store.mark_sent(conn, settlement.acked, now=now)
+                else:
+                    await store.delete_sent(conn, settlement.acked)
                 await store.retry_later(conn, settlement.retry)
                 await store.mark_dead(conn, settlement.dead)
             claim = None
@@ -494,6 +508,67 @@ class Shipper:
             if not client.is_closed:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.close(), self._close_reserve)
+
+    # -- retention: sent rows, free pages, the WAL -------------------------------------
+
+    async def _tidy(self) -> bool:
+        """One small step of cleanup when the outbox is idle or between short drains:
+        delete up to ``cleanup_batch`` expired ``sent`` rows, else give back up to
+        ``vacuum_pages`` free pages, each in its own short write transaction. After the
+        file has shrunk, checkpoint the WAL so the -wal file shrinks too. Returns True
+        when more work is left (the caller pauses briefly and comes back)."""
+        try:
+            return await self._tidy_step()
+        except SQLAlchemyError as exc:
+            logger.warning("outbox cleanup: %s", exc, extra={"action": "cleanup_failed"})
+            return False
+
+    async def _tidy_step(self) -> bool:
+        config = self.config
+        if config.keep_sent_hours > 0:
+            before = time.time() - config.keep_sent_hours * 3600.0
+            async with self.engine.begin() as conn:
+                deleted = await store.delete_sent_before(
+                    conn, before=before, limit=config.cleanup_batch
+                )
+            if deleted:
+                self.stats.cleaned += deleted
+                return True
+        if config.vacuum_pages <= 0:
+            return False
+        if self._auto_vacuum is None:
+            async with self.engine.connect() as conn:
+                self._auto_vacuum = await store.auto_vacuum_mode(conn) == 2
+                await conn.rollback()
+            if not self._auto_vacuum and self.engine.dialect.name == "sqlite":
+                logger.info(
+                    "the outbox file is not in auto_vacuum=INCREMENTAL mode; it will not "
+                    "shrink (see docs/retention.md)",
+                    extra={"action": "vacuum_unavailable"},
+                )
+        if not self._auto_vacuum:
+            return False
+        async with self.engine.begin() as conn:
+            free = await store.freelist_pages(conn)
+            threshold = config.vacuum_min_free_pages if not self._shrinking else 0
+            if free > threshold:
+                await store.incremental_vacuum(conn, config.vacuum_pages)
+                self.stats.vacuumed_pages += min(free, config.vacuum_pages)
+        if free > threshold:
+            self._shrinking = True
+            return True
+        if self._shrinking:
+            self._shrinking = False
+            await self._checkpoint()
+        return False
+
+    async def _checkpoint(self) -> None:
+        """PASSIVE (waits for nobody); then, if it copied every frame, TRUNCATE, which has
+        nothing left to copy and only resets the -wal file."""
+        async with self.engine.connect() as conn:
+            passive = await store.checkpoint(conn, "PASSIVE")
+            if passive is not None and passive[0] == 0 and passive[1] == passive[2]:
+                await store.checkpoint(conn, "TRUNCATE")
 
     # -- lease, store, shutdown --------------------------------------------------------
 

@@ -1,0 +1,192 @@
+"""Retention benchmark: a large backlog drains, the file shrinks, a writer keeps writing.
+
+    .venv/bin/python -m bench.retention            # 1,000,000 events
+    .venv/bin/python -m bench.retention --quick    # 100,000 events
+
+A writer process commits one outbox row every ~10 ms (raw ``sqlite3``, the outbox's own
+pragmas, rows from the write API's ``build_usage_event``) from start to end and records
+each commit's latency (``BEGIN IMMEDIATE`` .. ``COMMIT``) against the system monotonic
+clock. Phases, told apart by the time they started (same clock in both processes):
+
+* baseline: the writer alone (no shipper), a few seconds;
+* drain: a shipper (in this process, default settings) drains the backlog;
+* shrink: from the backlog's last row shipped until the file stopped shrinking
+  (incremental vacuum in 256-page steps, then a WAL checkpoint).
+
+Printed: file sizes (db + wal) before and after, the time the shrink took, and the writer's
+p50/p99/max commit latency per phase. The goal: the longest stall during the shrink stays
+within a few milliseconds of the baseline p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from outbox import Outbox, store
+from outbox.contract import build_usage_event
+from outbox.sqlite import sqlite_url
+from shipper.config import ShipperConfig
+from shipper.natsserver import NatsServer
+from shipper.worker import Shipper
+from tests.fixtures.shipper import usage_args
+
+WRITE_EVERY = 0.010
+
+
+def _size(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def _writer(path: str, stop: Any, out: Any) -> None:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    # As the write API's writers do (outbox/service.py): checkpoints run beside the commit
+    # path, not inside a writer's commit.
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    samples: list[tuple[float, float]] = []
+    columns = ("event_id", "subject", "headers", "payload", "created_at")
+    sql = f"INSERT INTO usage_outbox ({', '.join(columns)}) VALUES (?, ?, ?, ?, ?)"
+    i = 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        (row,) = store.event_rows([build_usage_event(**usage_args(i))])  # type: ignore[arg-type]
+        started = time.monotonic()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(sql, [row[c] for c in columns])
+        conn.execute("COMMIT")
+        samples.append((started, time.monotonic() - started))
+        i += 1
+        next_at += WRITE_EVERY
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    conn.close()
+    out.send(samples)
+
+
+def _freelist(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def _pending(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(
+            conn.execute("SELECT count(*) FROM usage_outbox WHERE state='pending'").fetchone()[0]
+        )
+
+
+async def _fill(path: Path, events: int) -> None:
+    async with Outbox(path) as outbox:
+        for start in range(0, events, 10_000):
+            await outbox.record_many(
+                usage_args(i) for i in range(start, min(events, start + 10_000))
+            )
+
+
+def _stats(latencies: list[float]) -> tuple[str, str, str, int]:
+    if not latencies:
+        return ("-", "-", "-", 0)
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return (
+        f"{statistics.median(ordered) * 1000:.2f}",
+        f"{p99 * 1000:.2f}",
+        f"{ordered[-1] * 1000:.2f}",
+        len(ordered),
+    )
+
+
+async def main_async(events: int, baseline_seconds: float, vacuum_pages: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-retention-") as tmp:
+        work = Path(tmp)
+        path = work / "outbox.db"
+        server = NatsServer(work / "nats").start()
+        try:
+            await _fill(path, 10)
+            empty_seed = _size(path)
+            t = time.monotonic()
+            await _fill(path, events)
+            print(f"filled {events:,} events in {time.monotonic() - t:.1f} s")
+            before = _size(path)
+
+            stop = multiprocessing.Event()
+            receive, send = multiprocessing.Pipe(duplex=False)
+            writer = multiprocessing.Process(target=_writer, args=(str(path), stop, send))
+            writer.start()
+            baseline_from = time.monotonic()
+            await asyncio.sleep(baseline_seconds)
+            drain_from = time.monotonic()
+            config = ShipperConfig(
+                database_url=sqlite_url(path), nats_servers=(server.url,), vacuum_pages=vacuum_pages
+            ).validate()
+            shipper = Shipper(config)
+            task = asyncio.create_task(shipper.run())
+            while _pending(path) > 50:  # noqa: ASYNC110 - polls another process
+                await asyncio.sleep(0.05)
+            shrink_from = time.monotonic()
+            size_at_drained = _size(path)
+            last, steady = (_size(path), shipper.stats.vacuumed_pages), 0
+            while steady < 10:  # neither the file nor the vacuum count moved for 1 s
+                await asyncio.sleep(0.1)
+                now = (_size(path), shipper.stats.vacuumed_pages)
+                steady = steady + 1 if now == last else 0
+                last = now
+            shrink_to = time.monotonic() - 1.0
+            after = _size(path)
+            free_left = _freelist(path)
+            shipper.stop()
+            await task
+            stop.set()
+            samples: list[tuple[float, float]] = receive.recv()
+            writer.join()
+        finally:
+            server.stop()
+
+    def phase(start: float, end: float) -> list[float]:
+        return [lat for at, lat in samples if start <= at < end]
+
+    mib = 1024 * 1024
+    print()
+    print(f"events                     {events:,}")
+    print(f"empty file (db+wal)        {empty_seed / mib:8.1f} MiB")
+    print(f"before drain (db+wal)      {before / mib:8.1f} MiB")
+    print(f"backlog drained (db+wal)   {size_at_drained / mib:8.1f} MiB")
+    print(f"after shrink (db+wal)      {after / mib:8.1f} MiB  (free pages left {free_left})")
+    print(f"drain took                 {shrink_from - drain_from:8.1f} s")
+    print(f"shrink took                {shrink_to - shrink_from:8.1f} s")
+    print(f"pages vacuumed             {shipper.stats.vacuumed_pages:,} ({vacuum_pages} per step)")
+    print()
+    print(f"{'writer phase':26} {'commits':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for name, rows in (
+        ("baseline (no shipper)", phase(baseline_from, drain_from)),
+        ("during drain", phase(drain_from, shrink_from)),
+        ("during cleanup/vacuum", phase(shrink_from, shrink_to)),
+    ):
+        p50, p99, top, count = _stats(rows)
+        print(f"{name:26} {count:>8} {p50:>8} {p99:>8} {top:>8}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="100,000 events")
+    parser.add_argument("--baseline-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--vacuum-pages", type=int, default=ShipperConfig.vacuum_pages, help="pages per step"
+    )
+    args = parser.parse_args()
+    events = 100_000 if args.quick else args.events
+    asyncio.run(main_async(events, args.baseline_seconds, args.vacuum_pages))
+
+
+if __name__ == "__main__":
+    main()
