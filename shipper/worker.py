@@ -575,7 +575,25 @@ class Shipper:
     async def _open_store(self) -> None:
         if self._engine is None:
             self._engine = create_outbox_engine(self.config.database_url)
-        await migrate.upgrade_engine(self._engine)
+        announced = False
+        while True:
+            try:
+                await migrate.upgrade_engine(self._engine)
+                return
+            except SQLAlchemyError as exc:
+                # A full disk or a lock held past busy_timeout is a state to wait out, as
+                # the running loop does; exiting would only make a supervisor restart us
+                # into the same wall. Configuration errors were caught by validate().
+                if self._stop.is_set():
+                    raise
+                if not announced:
+                    logger.warning(
+                        "cannot open the outbox yet: %s; retrying",
+                        exc,
+                        extra={"action": "store_open_failed"},
+                    )
+                    announced = True
+                await self._sleep(self.config.backoff_cap)
 
     async def _wait_for_lease(self) -> bool:
         announced = False

@@ -355,6 +355,7 @@ async def _run(ws: Workspace, disk: SmallDisk, log: WrittenLog, url: str, shippe
             await _wait(
                 lambda: (
                     "cannot take the outbox lease" in shipper.log_since_start()
+                    or "cannot open the outbox yet" in shipper.log_since_start()
                     or not shipper.running
                 ),
                 10,
