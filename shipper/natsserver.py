@@ -232,15 +232,33 @@ class NatsServer:
         self.stop()
         return self.start(timeout)
 
-    def freeze(self) -> None:
-        """Hang the server (SIGSTOP): connections stay open but nothing is answered."""
+    def freeze(self, timeout: float = 5.0) -> None:
+        """Hang the server (SIGSTOP): connections stay open but nothing is answered.
+
+        Returns once the kernel reports the process stopped: the signal is delivered
+        asynchronously, and a request sent in between would still be answered."""
         self._signal(signal.SIGSTOP)
         self._frozen = True
+        self._wait_for_state(stopped=True, timeout=timeout)
 
-    def thaw(self) -> None:
-        """Resume a frozen server (SIGCONT)."""
+    def thaw(self, timeout: float = 5.0) -> None:
+        """Resume a frozen server (SIGCONT), returning once it runs again."""
         self._signal(signal.SIGCONT)
         self._frozen = False
+        self._wait_for_state(stopped=False, timeout=timeout)
+
+    def _wait_for_state(self, *, stopped: bool, timeout: float) -> None:
+        stat = Path(f"/proc/{self.pid}/stat")
+        if not stat.exists():  # not Linux: nothing to read, the signal has to do
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # field 3 of /proc/<pid>/stat, after the ")" closing the command name
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            if (state in ("T", "t")) == stopped:
+                return
+            time.sleep(0.001)
+        raise NatsServerError(f"{self!r} did not {'stop' if stopped else 'resume'} in time")
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
         """Wait until a log line of the current run matches ``pattern``; return the match."""
