@@ -135,6 +135,18 @@ async def claim(
     return Claim(batch, buried, more or len(batch) < len(candidates))
 
 
+async def has_due(conn: AsyncConnection, *, now: float) -> bool:
+    """Whether any pending row is due: the idle shipper's cheap poll, a read that in WAL
+    mode blocks no writer (run it outside ``BEGIN IMMEDIATE``)."""
+    found = await conn.scalar(
+        sa.select(_t.id)
+        .where(_t.state == PENDING, _t.next_attempt_at <= now)
+        .order_by(_t.id)
+        .limit(1)
+    )
+    return found is not None
+
+
 async def set_in_flight(
     conn: AsyncConnection, *, name: str, owner: str, span: tuple[int, int] | None
 ) -> None:

@@ -178,7 +178,7 @@ OPTIONS: tuple[Option, ...] = (
         "SHIPPER_POLL_INTERVAL",
         "poll_interval",
         float,
-        "seconds between polls of an idle outbox (default 0.05)",
+        "seconds between polls of an idle outbox, a read (default 0.01)",
     ),
     Option(
         "--publish-timeout",

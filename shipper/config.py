@@ -69,7 +69,7 @@ class ShipperConfig:
     # the loop
     batch_size: int = 1000
     max_in_flight: int = 4000
-    poll_interval: float = 0.05
+    poll_interval: float = 0.01  # a read with no write lock: cheap enough to run often
     publish_timeout: float = 5.0
     max_attempts: int = 8
     retry_base: float = 1.0

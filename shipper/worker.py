@@ -32,6 +32,7 @@ from shipper.config import ShipperConfig, redact_url
 from shipper.connection import CREDENTIAL_HINT, NatsRefused, connect
 from shipper.discovery import Discovery
 from shipper.errors import ConfigError, LeaseLost, TransientError
+from shipper.health import reader_engine
 from shipper.metrics import ShipperMetrics, metrics_for
 from shipper.publisher import Message, Outcome, Publisher
 from shipper.rows import Refusal, to_message
@@ -131,6 +132,7 @@ class Shipper:
         self._stop_deadline: float | None = None
         self._failing_since: float | None = None
         self._stream_ready = False  # ensure_stream succeeded on the current connection
+        self._peek_engine: AsyncEngine | None = None  # reads for the idle poll, no write lock
         self._auto_vacuum: bool | None = None  # the file can shrink (checked once)
         self._shrinking = False  # a vacuum pass is under way: go on until no page is free
         # Served on config.metrics_port; hooks that do nothing when it is unset.
@@ -184,7 +186,7 @@ class Shipper:
                         continue
                     if shipped == 0 and self.config.exit_when_idle:
                         break
-                    await self._sleep(self.config.poll_interval)
+                    await self._wait_for_due_rows()
         finally:
             if lease_keeper is not None:
                 lease_keeper.cancel()
@@ -548,12 +550,17 @@ class Shipper:
                 )
         if not self._auto_vacuum:
             return False
-        async with self.engine.begin() as conn:
+        if self._peek_engine is None:
+            self._peek_engine = reader_engine(self.engine)
+        # Look first with a read (no write lock: this runs after every short drain), and
+        # take the write lock only to give pages back.
+        async with self._peek_engine.connect() as conn:
             free = await store.freelist_pages(conn)
-            threshold = config.vacuum_min_free_pages if not self._shrinking else 0
-            if free > threshold:
+        threshold = config.vacuum_min_free_pages if not self._shrinking else 0
+        if free > threshold:
+            async with self.engine.begin() as conn:
                 await store.incremental_vacuum(conn, config.vacuum_pages)
-                self.stats.vacuumed_pages += min(free, config.vacuum_pages)
+            self.stats.vacuumed_pages += min(free, config.vacuum_pages)
         if free > threshold:
             self._shrinking = True
             return True
@@ -676,6 +683,8 @@ class Shipper:
                     await store.drop_lease(conn, name=LEASE_NAME, owner=self.owner)
             if self._own_engine:
                 await self._engine.dispose()
+        if self._peek_engine is not None and self._peek_engine is not self._engine:
+            await self._peek_engine.dispose()
         logger.info("stopped: %s", self.stats, extra={"action": "stopped"})
 
     async def _count_unsettled(self, conn: AsyncConnection) -> None:
@@ -693,6 +702,23 @@ class Shipper:
                 counted,
                 extra={"action": "in_flight_recovered"},
             )
+
+    async def _wait_for_due_rows(self) -> None:
+        """Poll, between batches and when idle, until a row is due (or a stop, or a
+        lease renewal is due). The poll is a read on an engine without ``BEGIN
+        IMMEDIATE``: it takes no write lock, so it can run every ``poll_interval`` without
+        slowing writers, and a claim transaction is only opened when there is work."""
+        if self._peek_engine is None:
+            self._peek_engine = reader_engine(self.engine)
+        give_up_at = time.monotonic() + self.config.lease_ttl / 3
+        while not self._stop.is_set() and time.monotonic() < give_up_at:
+            await self._sleep(self.config.poll_interval)
+            try:
+                async with self._peek_engine.connect() as conn:
+                    if await store.has_due(conn, now=time.time()):
+                        return
+            except SQLAlchemyError:
+                return  # let the claim path meet the error and back off as it does
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when a stop is asked for."""
