@@ -710,6 +710,8 @@ class Shipper:
         slowing writers, and a claim transaction is only opened when there is work."""
         if self._peek_engine is None:
             self._peek_engine = reader_engine(self.engine)
+        if self.config.exit_when_idle:
+            return  # burst mode: the next step finds nothing due and ends the run
         give_up_at = time.monotonic() + self.config.lease_ttl / 3
         while not self._stop.is_set() and time.monotonic() < give_up_at:
             await self._sleep(self.config.poll_interval)
