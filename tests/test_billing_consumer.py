@@ -110,9 +110,19 @@ async def _assert_billed_once(config: BillingConfig, events: Sequence[UsageEvent
     assert report.total_balance == -report.total_charged
 
 
-async def _consumer_state(js: JetStreamContext, config: BillingConfig) -> tuple[int, int]:
-    info = await js.consumer_info(config.stream, config.durable)
-    return info.num_pending, info.num_ack_pending
+async def _consumer_state(
+    js: JetStreamContext, config: BillingConfig, *, expect: tuple[int, int] | None = (0, 0)
+) -> tuple[int, int]:
+    """(pending, ack pending) of the durable consumer, once it reads ``expect`` or after
+    5 s. Acks and AckTerms are fire-and-forget publishes: the server may count one a
+    moment after the client sent it, so a single read right after a step can race."""
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while True:
+        info = await js.consumer_info(config.stream, config.durable)
+        state = (info.num_pending, info.num_ack_pending)
+        if expect is None or state == expect or asyncio.get_running_loop().time() > deadline:
+            return state
+        await asyncio.sleep(0.05)
 
 
 # -- duplicates -----------------------------------------------------------------------------
@@ -252,7 +262,7 @@ async def test_a_crash_between_commit_and_ack_changes_nothing_on_redelivery(
     assert committed >= 1, "the crashed consumer committed its batch"
     assert transactions == committed
     # Not acknowledged: the server still counts those messages as in flight.
-    assert (await _consumer_state(jetstream, config))[1] == committed
+    assert (await _consumer_state(jetstream, config, expect=None))[1] == committed
 
     consumer = make_consumer(config)
     await consumer.start()
