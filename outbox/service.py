@@ -5,6 +5,9 @@ before returning. A commit through SQLAlchemy's async layer costs about 1 ms her
 commit per call would cap a service near 1,000 events/s. Instead calls queue their
 validated events and one writer task commits whatever has queued up meanwhile in a single
 transaction (group commit); each caller still returns only once its own row is committed.
+On an SQLite file each group commit runs whole in a worker thread
+(:class:`~outbox.transactions.Transactions`), so it holds the file's write lock, which
+the shipper needs too, only while its INSERT runs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from outbox import migrate, store
 from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, UsageEvent, build_usage_event
 from outbox.errors import OutboxError, OutboxStoreError
 from outbox.sqlite import DEFAULT_BUSY_TIMEOUT_MS, create_outbox_engine, is_sqlite, sqlite_url
+from outbox.transactions import Transactions
 from outbox.write import _insert_sync
 
 logger = logging.getLogger("outbox.service")
@@ -142,6 +146,7 @@ class Outbox:
         self.run_migrations = run_migrations
         self.checkpoint_every_rows = checkpoint_every_rows
         self._engine: AsyncEngine | None = None
+        self._transactions: Transactions | None = None
         self._checkpointer: _Checkpointer | None = None
         self._queue: asyncio.Queue[_Waiter] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -159,17 +164,23 @@ class Outbox:
         async with self._open_lock:
             if self._engine is None:
                 engine = create_outbox_engine(self.url)
+                # Group commits run whole in a worker thread (see outbox.transactions).
+                transactions = Transactions(engine)
                 path = _plain_sqlite_file(self.url)
                 if path is not None and self.checkpoint_every_rows > 0:
                     self._checkpointer = _Checkpointer(path, self.checkpoint_every_rows)
                     event.listen(engine.sync_engine, "connect", _no_autocheckpoint)
+                    if transactions.write_engine is not None:
+                        event.listen(transactions.write_engine, "connect", _no_autocheckpoint)
                 try:
                     if self.run_migrations:
                         await migrate.upgrade_engine(engine)
                 except SQLAlchemyError as exc:
+                    await transactions.close()
                     await engine.dispose()
                     raise OutboxStoreError(f"cannot open outbox {self.url}: {exc}") from exc
                 self._engine = engine
+                self._transactions = transactions
                 self._queue = asyncio.Queue()
                 self._writer = asyncio.create_task(self._write_loop(), name="outbox-writer")
         return self
@@ -198,6 +209,9 @@ class Outbox:
         if self._checkpointer is not None:
             await self._checkpointer.close()
             self._checkpointer = None
+        if self._transactions is not None:
+            await self._transactions.close()
+            self._transactions = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -276,12 +290,11 @@ class Outbox:
                     self._queue.task_done()
 
     async def _write_group(self, group: list[_Waiter]) -> None:
-        assert self._engine is not None
+        assert self._transactions is not None
         rows = store.event_rows(event for events, _ in group for event in events)
         error: OutboxError | None = None
         try:
-            async with self._engine.begin() as conn:
-                await conn.run_sync(_insert_sync, rows)
+            await self._transactions.write(_insert_sync, rows)
             self.commits += 1
         except Exception as exc:
             # Disk full, locked past busy_timeout, file gone, or anything else: every caller

@@ -133,7 +133,7 @@ def create_outbox_engine(url: str, **engine_kwargs: Any) -> AsyncEngine:
     return engine
 
 
-def create_outbox_sync_engine(url: str, **engine_kwargs: Any) -> sa.Engine:
+def create_outbox_sync_engine(url: str | sa.URL, **engine_kwargs: Any) -> sa.Engine:
     engine = sa.create_engine(url, **engine_kwargs)
     if is_sqlite(url):
         create_private_on_connect(engine)

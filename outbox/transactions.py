@@ -1,0 +1,106 @@
+"""Short transactions that hold SQLite's write lock only while their statements run.
+
+Through aiosqlite each statement is a hop to the connection's thread and back to the
+event loop, and between ``BEGIN IMMEDIATE`` and ``COMMIT`` the loop runs whatever else is
+ready (a burst of PubAcks, a hundred request handlers). The write lock, which every
+process writing the file queues on, stays held all that while, and SQLite's busy handler
+makes the others sleep in steps of up to 100 ms while they wait for it. Measured with a
+writer process at 1,000 events/s beside the shipper: commit-to-PubAck p99 130 ms with
+every transaction on aiosqlite, 30 ms with the writer's group commits run as below.
+
+:class:`Transactions` runs a whole transaction body (a plain function of a sync
+:class:`~sqlalchemy.Connection`) in one worker thread on a sync engine for the same
+SQLite file, so the lock is held for the body's own statements and nothing else. On any
+other database (or in-memory SQLite, which a second engine would not see) the body runs
+through the async engine's ``run_sync``: same code, same transaction semantics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox.sqlite import configure_sqlite, create_outbox_sync_engine, sqlite_file
+
+T = TypeVar("T")
+Body = Callable[..., T]
+
+
+class Transactions:
+    """Run transaction bodies for ``engine``'s database; see the module docstring.
+
+    Bodies run one at a time, in order, on one thread: ``write`` in a transaction that
+    takes the write lock up front (``BEGIN IMMEDIATE``), ``read`` on a connection that
+    takes none (in WAL mode a read blocks no writer).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.write_engine: sa.Engine | None = None
+        self._read_engine: sa.Engine | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        if sqlite_file(engine.url) is not None:
+            url = engine.url.set(drivername="sqlite")
+            self.write_engine = create_outbox_sync_engine(url)
+            self._read_engine = sa.create_engine(url, pool_size=1, max_overflow=0)
+            configure_sqlite(self._read_engine, begin_immediate=False)
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db")
+
+    @property
+    def threaded(self) -> bool:
+        return self._executor is not None
+
+    async def write(self, body: Body[T], /, *args: Any, **kwargs: Any) -> T:
+        """``body(connection, *args, **kwargs)`` in one write transaction; its result."""
+        if self.write_engine is None:
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(body, *args, **kwargs)
+        return await self._in_thread(_write, self.write_engine, body, args, kwargs)
+
+    async def read(self, body: Body[T], /, *args: Any, **kwargs: Any) -> T:
+        """``body(connection, *args, **kwargs)`` on a connection that takes no write lock."""
+        if self._read_engine is None:
+            async with self.engine.connect() as conn:
+                try:
+                    return await conn.run_sync(body, *args, **kwargs)
+                finally:
+                    await conn.rollback()
+        return await self._in_thread(_read, self._read_engine, body, args, kwargs)
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        # A cancelled caller does not stop the body: it finishes (commits or rolls back)
+        # in its thread, as a statement cut off half-way could not.
+        return await loop.run_in_executor(self._executor, functools.partial(function, *args))
+
+    async def close(self) -> None:
+        """Release the connections and the thread (after the body under way, if any)."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        engines = [e for e in (self.write_engine, self._read_engine) if e is not None]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(executor, _dispose, engines)
+        executor.shutdown(wait=False)
+
+
+def _write(engine: sa.Engine, body: Body[T], args: tuple[Any, ...], kwargs: Any) -> T:
+    with engine.begin() as conn:
+        return body(conn, *args, **kwargs)
+
+
+def _read(engine: sa.Engine, body: Body[T], args: tuple[Any, ...], kwargs: Any) -> T:
+    with engine.connect() as conn:
+        return body(conn, *args, **kwargs)
+
+
+def _dispose(engines: list[sa.Engine]) -> None:
+    for engine in engines:
+        engine.dispose()
