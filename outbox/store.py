@@ -1,9 +1,13 @@
 """The only module that names SQL on the outbox tables.
 
 The write API inserts through :data:`INSERT` and :func:`event_rows`; the shipper and the
-operator commands call the async functions below, each one short statement (or a few)
-inside the caller's transaction. Keeping them here means the claim/ack protocol can be
-read, and changed, in one place.
+operator commands call the functions below, each one short statement (or a few) inside
+the caller's transaction. Keeping them here means the claim/ack protocol can be read, and
+changed, in one place.
+
+The shipper's claim-and-settle path is plain functions of a sync connection: it runs them
+whole in a worker thread (:class:`outbox.transactions.Transactions`), so SQLite's write
+lock is held only while they run. The rest (operator commands, the lease) is async.
 """
 
 from __future__ import annotations
@@ -104,59 +108,82 @@ def suspect_batch_limit(limit: int, attempts: int) -> int:
     return max(1, limit >> (2 * max(0, attempts - 1)))  # limit / 4^(attempts-1)
 
 
-async def claim(
-    conn: AsyncConnection, *, now: float, limit: int, max_attempts: int, after: int = 0
-) -> Claim:
-    """Select the next due rows with ``id > after``, in order, for publishing.
+def due_rows(conn: sa.Connection, *, now: float, limit: int, after: int = 0) -> list[OutboxRow]:
+    """The next ``limit`` due rows with ``id > after``, in order: a plain read.
 
-    ``after`` lets a shipper claim the next batch while the previous one, whose rows are
-    still pending, is in flight. The claim itself writes nothing per row: the caller
-    records the claimed range with :func:`set_in_flight`, and attempts are counted from
-    it (:func:`recover_in_flight`) only if the shipper dies before settling.
+    The shipper runs it outside the write lock (in WAL mode a read blocks no writer), and
+    needs no lock for it: only the lease holder changes a pending row, so what it read is
+    still pending when it records the claim with :func:`set_in_flight`.
     """
-    result = await conn.execute(_SELECT_DUE, {"now": now, "limit": limit, "after": after})
-    candidates = [OutboxRow(*row) for row in result]
+    result = conn.execute(_SELECT_DUE, {"now": now, "limit": limit, "after": after})
+    return [OutboxRow(*row) for row in result]
+
+
+def plan_claim(candidates: Sequence[OutboxRow], *, limit: int, max_attempts: int) -> Claim:
+    """Split due rows (in id order, as :func:`due_rows` returns them) into the batch to
+    publish now and the rows out of attempts; :func:`bury` writes the latter."""
     more = len(candidates) >= limit
     buried = [row for row in candidates if row.attempts >= max_attempts]
-    if buried:
-        await conn.execute(
-            sa.update(outbox_table)
-            .where(_t.id.in_([row.id for row in buried]))
-            .values(state=DEAD, last_error=_exhausted_reason(max_attempts))
-        )
-        candidates = [row for row in candidates if row.attempts < max_attempts]
     batch: list[OutboxRow] = []
     most_attempts = 0
     for row in candidates:
+        if row.attempts >= max_attempts:
+            continue
         most_attempts = max(most_attempts, row.attempts)
         if len(batch) >= suspect_batch_limit(limit, most_attempts):
+            more = True
             break
         batch.append(row)
-    return Claim(batch, buried, more or len(batch) < len(candidates))
+    return Claim(batch, buried, more)
 
 
-async def has_due(conn: AsyncConnection, *, now: float) -> bool:
-    """Whether any pending row is due: the idle shipper's cheap poll, a read that in WAL
-    mode blocks no writer (run it outside ``BEGIN IMMEDIATE``)."""
-    found = await conn.scalar(
-        sa.select(_t.id)
-        .where(_t.state == PENDING, _t.next_attempt_at <= now)
-        .order_by(_t.id)
-        .limit(1)
-    )
-    return found is not None
+def bury(conn: sa.Connection, rows: Sequence[OutboxRow], *, max_attempts: int) -> None:
+    """Move rows that used up their attempts to ``dead``, keeping their last error."""
+    if rows:
+        conn.execute(
+            sa.update(outbox_table)
+            .where(_t.id.in_([row.id for row in rows]), _t.state == PENDING)
+            .values(state=DEAD, last_error=_exhausted_reason(max_attempts))
+        )
 
 
-async def set_in_flight(
-    conn: AsyncConnection, *, name: str, owner: str, span: tuple[int, int] | None
-) -> None:
-    """Record the id range claimed and not yet settled (None once all is settled)."""
+def claim(
+    conn: sa.Connection, *, now: float, limit: int, max_attempts: int, after: int = 0
+) -> Claim:
+    """:func:`due_rows`, :func:`plan_claim` and :func:`bury` in one go (for callers that
+    read and write in one transaction).
+
+    The claim itself writes nothing per row: the caller records the claimed range with
+    :func:`set_in_flight`, and attempts are counted from it (:func:`recover_in_flight`)
+    only if the shipper dies before settling.
+    """
+    candidates = due_rows(conn, now=now, limit=limit, after=after)
+    planned = plan_claim(candidates, limit=limit, max_attempts=max_attempts)
+    bury(conn, planned.buried, max_attempts=max_attempts)
+    return planned
+
+
+def set_in_flight(
+    conn: sa.Connection,
+    *,
+    name: str,
+    owner: str,
+    span: tuple[int, int] | None,
+    renew_until: float | None = None,
+) -> bool:
+    """Record the id range claimed and not yet settled (None once all is settled), and
+    with ``renew_until`` extend the lease to then. One statement that also checks the
+    lease: False when ``owner`` no longer holds it (nothing is written then)."""
     first, last = span if span is not None else (None, None)
-    await conn.execute(
+    values: dict[str, Any] = {"in_flight_from": first, "in_flight_to": last}
+    if renew_until is not None:
+        values["expires_at"] = renew_until
+    result = conn.execute(
         sa.update(lease_table)
         .where(lease_table.c.name == name, lease_table.c.owner == owner)
-        .values(in_flight_from=first, in_flight_to=last)
+        .values(**values)
     )
+    return bool(result.rowcount)
 
 
 async def recover_in_flight(conn: AsyncConnection, *, name: str) -> int:
@@ -193,26 +220,26 @@ def _ids_in(ids: Sequence[int]) -> sa.ColumnElement[bool]:
     return _t.id.in_(ids)
 
 
-async def delete_sent(conn: AsyncConnection, ids: Sequence[int]) -> int:
+def delete_sent(conn: sa.Connection, ids: Sequence[int]) -> int:
     """Remove rows JetStream acknowledged. Only ever called with acknowledged ids."""
     if not ids:
         return 0
-    result = await conn.execute(sa.delete(outbox_table).where(_ids_in(ids)))
+    result = conn.execute(sa.delete(outbox_table).where(_ids_in(ids)))
     return result.rowcount or 0
 
 
-async def mark_sent(conn: AsyncConnection, ids: Sequence[int], *, now: float) -> int:
+def mark_sent(conn: sa.Connection, ids: Sequence[int], *, now: float) -> int:
     """Keep acknowledged rows as ``sent`` (for audit) instead of deleting them at once;
     :func:`delete_sent_before` removes them later. Only ever called with acknowledged ids."""
     if not ids:
         return 0
-    result = await conn.execute(
+    result = conn.execute(
         sa.update(outbox_table).where(_ids_in(ids)).values(state=SENT, sent_at=now)
     )
     return result.rowcount or 0
 
 
-async def delete_sent_before(conn: AsyncConnection, *, before: float, limit: int) -> int:
+def delete_sent_before(conn: sa.Connection, *, before: float, limit: int) -> int:
     """Delete at most ``limit`` ``sent`` rows acknowledged before ``before``, oldest ids
     first. Small batches keep each write transaction (and writers' waits) short; the
     subquery walks the ``(state, id)`` index, never the whole table."""
@@ -223,7 +250,7 @@ async def delete_sent_before(conn: AsyncConnection, *, before: float, limit: int
         .limit(limit)
         .scalar_subquery()
     )
-    result = await conn.execute(sa.delete(outbox_table).where(_t.id.in_(oldest)))
+    result = conn.execute(sa.delete(outbox_table).where(_t.id.in_(oldest)))
     return result.rowcount or 0
 
 
@@ -237,10 +264,10 @@ async def purge_dead(conn: AsyncConnection, *, before: float, dry_run: bool = Fa
     return result.rowcount or 0
 
 
-async def retry_later(conn: AsyncConnection, failures: Sequence[Failure]) -> None:
+def retry_later(conn: sa.Connection, failures: Sequence[Failure]) -> None:
     """Record a per-row failure: one more attempt counted, and the row waits its backoff."""
     if failures:
-        await conn.execute(
+        conn.execute(
             sa.update(outbox_table)
             .where(_t.id == sa.bindparam("row_id"))
             .values(
@@ -252,10 +279,10 @@ async def retry_later(conn: AsyncConnection, failures: Sequence[Failure]) -> Non
         )
 
 
-async def mark_dead(conn: AsyncConnection, failures: Sequence[Failure]) -> None:
+def mark_dead(conn: sa.Connection, failures: Sequence[Failure]) -> None:
     """Park rows that can never be sent, with the reason; they stay until requeued."""
     if failures:
-        await conn.execute(
+        conn.execute(
             sa.update(outbox_table)
             .where(_t.id == sa.bindparam("row_id"))
             .values(state=DEAD, last_error=sa.bindparam("reason")),
@@ -373,17 +400,6 @@ async def take_lease(
     return True
 
 
-async def holds_lease(
-    conn: AsyncConnection, *, name: str, owner: str, now: float, ttl: float
-) -> bool:
-    """Whether ``owner`` still holds the lease; renews it (a write) only when it is
-    running out, so an idle shipper's polls do not write to the file."""
-    holder = await lease_holder(conn, name=name)
-    if holder is not None and holder[0] == owner and holder[1] - now > ttl / 2:
-        return True
-    return await take_lease(conn, name=name, owner=owner, now=now, ttl=ttl)
-
-
 async def lease_holder(conn: AsyncConnection, *, name: str) -> tuple[str, float] | None:
     row = (
         await conn.execute(
@@ -404,23 +420,25 @@ async def drop_lease(conn: AsyncConnection, *, name: str, owner: str) -> None:
 # -- file space (SQLite only) ------------------------------------------------------------
 
 
-async def freelist_pages(conn: AsyncConnection) -> int:
+def freelist_pages(conn: sa.Connection) -> int:
     """Free pages in an SQLite file (space a vacuum could give back); 0 elsewhere."""
     if conn.dialect.name != "sqlite":
         return 0
-    return int((await conn.exec_driver_sql("PRAGMA freelist_count")).scalar() or 0)
+    return int((conn.exec_driver_sql("PRAGMA freelist_count")).scalar() or 0)
 
 
-async def incremental_vacuum(conn: AsyncConnection, pages: int) -> None:
+def incremental_vacuum(conn: sa.Connection, pages: int) -> None:
     """Give back up to ``pages`` free pages to the file system (SQLite with
     ``auto_vacuum=INCREMENTAL``; a no-op otherwise). Run inside a short write transaction."""
     if conn.dialect.name == "sqlite":
         # SQLite frees one page per step of incremental_vacuum(N), and Python's sqlite3
         # steps a statement that returns no columns only once: N=256 would free one page.
         # One page per execution, run ``pages`` times in one executemany, frees them all.
-        raw = await conn.get_raw_connection()
-        driver: Any = raw.driver_connection
-        await driver.executemany("PRAGMA incremental_vacuum(1)", [()] * int(pages))
+        cursor = conn.connection.cursor()
+        try:
+            cursor.executemany("PRAGMA incremental_vacuum(1)", [()] * int(pages))
+        finally:
+            cursor.close()
 
 
 async def checkpoint(conn: AsyncConnection, mode: str = "PASSIVE") -> tuple[int, int, int] | None:

@@ -23,16 +23,17 @@ from typing import Any
 
 import tenacity
 from nats.aio.client import Client
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox import migrate, store
 from outbox.sqlite import create_outbox_engine
+from outbox.transactions import Transactions
 from shipper.config import ShipperConfig, redact_url
 from shipper.connection import CREDENTIAL_HINT, NatsRefused, connect
 from shipper.discovery import Discovery
 from shipper.errors import ConfigError, LeaseLost, TransientError
-from shipper.health import reader_engine
 from shipper.metrics import ShipperMetrics, metrics_for
 from shipper.publisher import Message, Outcome, Publisher
 from shipper.rows import Refusal, to_message
@@ -43,6 +44,8 @@ logger = logging.getLogger("shipper")
 LEASE_NAME = "shipper"
 #: Pause between two cleanup or vacuum steps, so writers take the lock in between.
 TIDY_PAUSE = 0.02
+#: Seconds between two looks for cleanup work while there is none.
+TIDY_INTERVAL = 1.0
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Batch:
 
     rows: list[store.OutboxRow]
     full: bool
+    buried: list[store.OutboxRow] = field(default_factory=list)  # out of attempts: to dead
     messages: list[Message] = field(default_factory=list)
     sendable: list[store.OutboxRow] = field(default_factory=list)
     refused: list[store.Failure] = field(default_factory=list)
@@ -81,8 +85,16 @@ class Batch:
         return len(self.rows)
 
     @property
+    def first_id(self) -> int:
+        return self.rows[0].id
+
+    @property
     def last_id(self) -> int:
         return self.rows[-1].id
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return self.first_id, self.last_id
 
     @property
     def suspect(self) -> bool:
@@ -102,6 +114,13 @@ class Settlement:
 
     def __bool__(self) -> bool:  # anything to write?
         return bool(self.acked or self.retry or self.dead)
+
+    def written_ids(self) -> set[int]:
+        """Rows whose outcome this settlement will write: not to be claimed again."""
+        ids = set(self.acked)
+        ids.update(failure.id for failure in self.retry)
+        ids.update(failure.id for failure in self.dead)
+        return ids
 
     def absorb(self, other: Settlement) -> None:
         self.acked.extend(other.acked)
@@ -132,7 +151,15 @@ class Shipper:
         self._stop_deadline: float | None = None
         self._failing_since: float | None = None
         self._stream_ready = False  # ensure_stream succeeded on the current connection
-        self._peek_engine: AsyncEngine | None = None  # reads for the idle poll, no write lock
+        self._db: Transactions | None = None  # the claim/settle path (see _open_store)
+        # Outcomes known and not yet written: the next transaction writes them (after an
+        # error, the next drain's, or the shutdown's), and claims leave their rows out.
+        self._unsettled = Settlement()
+        # A batch was recorded in flight and its outcome is not known: if the run ends
+        # now, its rows are charged an attempt (see _count_unsettled).
+        self._outcome_unknown = False
+        self._span: tuple[int, int] | None = None  # the in-flight range the lease records
+        self._next_tidy = 0.0  # monotonic time of the next look for cleanup work
         self._auto_vacuum: bool | None = None  # the file can shrink (checked once)
         self._shrinking = False  # a vacuum pass is under way: go on until no page is free
         # Served on config.metrics_port; hooks that do nothing when it is unset.
@@ -145,6 +172,13 @@ class Shipper:
     def engine(self) -> AsyncEngine:
         assert self._engine is not None, "Shipper.run() opens the engine"
         return self._engine
+
+    @property
+    def db(self) -> Transactions:
+        """Claims, settlements and cleanup: each transaction run whole in one thread, so
+        SQLite's write lock is held only while its statements run."""
+        assert self._db is not None, "Shipper.run() opens the store"
+        return self._db
 
     def stop(self) -> None:
         """Ask the loop to stop after the batch in flight; safe from a signal handler.
@@ -179,14 +213,16 @@ class Shipper:
                 if shipped is None:
                     break
                 if shipped < self.config.batch_size:
-                    more = await self._tidy()
-                    if more:
+                    done = shipped == 0 and self.config.exit_when_idle
+                    if await self._tidy(force=done):
                         # Short pause between cleanup steps: writers get the lock in between.
                         await self._sleep(TIDY_PAUSE)
                         continue
-                    if shipped == 0 and self.config.exit_when_idle:
+                    if done:
                         break
-                    await self._wait_for_due_rows()
+                    # The next drain's read is the poll: it takes no write lock, so it can
+                    # run every poll_interval without slowing writers.
+                    await self._sleep(self.config.poll_interval)
         finally:
             if lease_keeper is not None:
                 lease_keeper.cancel()
@@ -235,11 +271,17 @@ class Shipper:
             raise TransientError(f"outbox database: {exc}") from exc
 
     async def drain(self) -> int:
-        """Ship batches until a claim comes back short; return the rows claimed.
+        """Ship batches until a read comes back short; return the rows claimed.
 
-        The database work for one batch (settling the batch before it, claiming the next)
-        runs while the batch before is in flight, so the loop costs the slower of the two,
-        not their sum. Outcomes are written one step late, never before their PubAck.
+        A claim is a read with no write lock (:func:`outbox.store.due_rows`; it is also
+        the idle poll) followed by one short write transaction that settles what the acks
+        of the batch before said and records the new batch as in flight (checking the
+        lease in the same statement). Each transaction runs whole in one worker thread
+        (:attr:`db`), so it holds SQLite's write lock only while its statements run.
+        While a full batch is in flight the next one is read and recorded, so the loop
+        costs the slower of the database work and the publishing, not their sum. Outcomes
+        are written one step late, never before their PubAck, and all of them before
+        ``drain`` returns.
 
         A suspect batch (a row in it has had an attempt that did not end in a PubAck,
         e.g. it was in flight when a shipper died) is published apart: what came before
@@ -247,85 +289,95 @@ class Shipper:
         crashes this process too, the in-flight range then holds only its own rows, and
         only they are charged an attempt, not the innocent rows around them.
         """
-        unsettled = Settlement()
-        batch = await self._transact(unsettled, claim_after=0)
+        batch = await self._claim(after=0)
+        if batch is None:
+            await self._commit(span=None)
+            return 0
         claimed = 0
+        recorded = False  # batch's span was recorded while its predecessor was in flight
         while batch is not None:
             claimed += batch.size
-            pipelined = batch.full and not batch.suspect
-            if batch.suspect:
-                await self._transact(unsettled, claim_after=None, in_flight=batch)
-                unsettled = Settlement()
+            if not recorded:
+                await self._commit(span=batch.span, buried=batch.buried)
+            pipelined = batch.full and not batch.suspect and not self._stop.is_set()
+            self._outcome_unknown = True
             flight = asyncio.create_task(self._publish(batch))
             following: Batch | None = None
+            recorded = False
             try:
-                if pipelined and not self._stop.is_set():
-                    following = await self._transact(
-                        unsettled, claim_after=batch.last_id, in_flight=batch
-                    )
-                    unsettled = Settlement()
+                if pipelined:
+                    following = await self._claim(after=batch.last_id)
+                    if following is not None and not following.suspect:
+                        await self._commit(
+                            span=(batch.first_id, following.last_id), buried=following.buried
+                        )
+                        recorded = True
             except BaseException:
-                unsettled.absorb(await flight)
-                with contextlib.suppress(Exception):
-                    await self._transact(unsettled, claim_after=None)
+                self._unsettled.absorb(await flight)
+                self._outcome_unknown = False
                 raise
             outcome = await flight
-            unsettled.absorb(outcome)
+            self._unsettled.absorb(outcome)
+            self._outcome_unknown = False
             if outcome.trouble is not None:
-                if following is not None:
-                    unsettled.release.extend(row.id for row in following.rows)
-                await self._transact(unsettled, claim_after=None)
+                if recorded and following is not None:
+                    self._unsettled.release.extend(row.id for row in following.rows)
+                await self._commit(span=None)
                 raise TransientError(outcome.trouble)
             if batch.full and not pipelined and not self._stop.is_set():
-                following = await self._transact(unsettled, claim_after=batch.last_id)
-                unsettled = Settlement()
+                following = await self._claim(after=batch.last_id)
             batch = following
-        await self._transact(unsettled, claim_after=None)
+        await self._commit(span=None)
         return claimed
 
-    async def _transact(
-        self, settlement: Settlement, *, claim_after: int | None, in_flight: Batch | None = None
-    ) -> Batch | None:
-        """One short transaction: record ``settlement``; then, unless ``claim_after`` is
-        None, check the lease and claim the next batch after that id (``in_flight`` is the
-        batch being published meanwhile, or about to be). Records what is left in flight,
-        so a successor can count an attempt on those rows if this process dies."""
-        now = time.time()
-        async with self.engine.begin() as conn:
-            if settlement:
-                if self.config.keep_sent_hours > 0:
-                    await store.mark_sent(conn, settlement.acked, now=now)
-                else:
-                    await store.delete_sent(conn, settlement.acked)
-                await store.retry_later(conn, settlement.retry)
-                await store.mark_dead(conn, settlement.dead)
-            claim = None
-            if claim_after is None:
-                span = None if in_flight is None else (in_flight.rows[0].id, in_flight.last_id)
-                await store.set_in_flight(conn, name=LEASE_NAME, owner=self.owner, span=span)
-            else:
-                if not await store.holds_lease(
-                    conn, name=LEASE_NAME, owner=self.owner, now=now, ttl=self.config.lease_ttl
-                ):
-                    raise LeaseLost("another shipper took this outbox's lease")
-                claim = await store.claim(
-                    conn,
-                    now=now,
-                    limit=self.config.batch_size,
-                    max_attempts=self.config.max_attempts,
-                    after=claim_after,
-                )
-                if claim.rows:
-                    first = (in_flight or claim).rows[0].id
-                    await store.set_in_flight(
-                        conn, name=LEASE_NAME, owner=self.owner, span=(first, claim.rows[-1].id)
-                    )
-        self._record(settlement)
-        if claim is None:
+    async def _claim(self, *, after: int) -> Batch | None:
+        """Read the next due rows after ``after`` with no write lock, leaving out rows
+        whose outcome is known but not yet written; None when nothing is due."""
+        skip = {row_id for row_id in self._unsettled.written_ids() if row_id > after}
+        limit = self.config.batch_size
+        while True:
+            rows = await self.db.read(
+                store.due_rows, now=time.time(), limit=limit + len(skip), after=after
+            )
+            if skip:
+                rows = [row for row in rows if row.id not in skip]
+            claim = store.plan_claim(rows, limit=limit, max_attempts=self.config.max_attempts)
+            if claim.rows or not claim.buried:
+                break
+            # Only rows out of attempts: bury them now (what is in flight stays so), then
+            # look again.
+            await self._commit(span=self._span, buried=claim.buried)
+        if not claim.rows:
             return None
-        self.metrics.dead_lettered(len(claim.buried))
-        for row in claim.buried:
+        return self._prepare(claim.rows, full=claim.more, buried=claim.buried)
+
+    async def _commit(
+        self, *, span: tuple[int, int] | None, buried: list[store.OutboxRow] | None = None
+    ) -> None:
+        """One short write transaction: write the outcomes gathered in ``self._unsettled``,
+        record ``span`` as the rows in flight (None: nothing is), extending the lease, and
+        bury ``buried``. Raises :class:`LeaseLost` (after writing the outcomes, which hold
+        whoever owns the lease) when another shipper took the lease. Writes nothing when
+        there is nothing to write: an idle poll costs no write lock."""
+        if not self._unsettled and span is None and self._span is None and not buried:
+            self._record(self._unsettled)  # rows handed back with no write (released)
+            self._unsettled = Settlement()
+            return
+        settlement, self._unsettled = self._unsettled, Settlement()
+        try:
+            held = await self.db.write(self._write_commit, settlement, span, buried or [])
+        except BaseException:
+            settlement.absorb(self._unsettled)
+            self._unsettled = settlement  # still to be written
+            raise
+        if held or span is None:
+            self._span = span
+        self._record(settlement)
+        if span is not None and not held:
+            raise LeaseLost("another shipper took this outbox's lease")
+        for row in buried or ():
             self.stats.dead += 1
+            self.metrics.dead_lettered(1)
             logger.error(
                 "row %s (event %s) dead after %d attempts",
                 row.id,
@@ -333,14 +385,40 @@ class Shipper:
                 row.attempts,
                 extra={"action": "dead_lettered", "event_id": row.event_id},
             )
-        if not claim.rows:
-            return None
-        return self._prepare(claim.rows, full=claim.more)
 
-    def _prepare(self, rows: list[store.OutboxRow], *, full: bool) -> Batch:
+    def _write_commit(
+        self,
+        conn: Connection,
+        settlement: Settlement,
+        span: tuple[int, int] | None,
+        buried: list[store.OutboxRow],
+    ) -> bool:
+        """The body of :meth:`_commit`, run whole in one thread; True if the lease is held."""
+        now = time.time()
+        if settlement:
+            if self.config.keep_sent_hours > 0:
+                store.mark_sent(conn, settlement.acked, now=now)
+            else:
+                store.delete_sent(conn, settlement.acked)
+            store.retry_later(conn, settlement.retry)
+            store.mark_dead(conn, settlement.dead)
+        held = store.set_in_flight(
+            conn,
+            name=LEASE_NAME,
+            owner=self.owner,
+            span=span,
+            renew_until=now + self.config.lease_ttl if span is not None else None,
+        )
+        if held and buried:
+            store.bury(conn, buried, max_attempts=self.config.max_attempts)
+        return held
+
+    def _prepare(
+        self, rows: list[store.OutboxRow], *, full: bool, buried: list[store.OutboxRow]
+    ) -> Batch:
         publisher = self._publisher
         assert publisher is not None
-        batch = Batch(rows=rows, full=full)
+        batch = Batch(rows=rows, full=full, buried=buried)
         for row in rows:
             prepared = to_message(
                 row, max_payload=publisher.max_payload, parse_payload=self.config.parse_payloads
@@ -513,26 +591,34 @@ class Shipper:
 
     # -- retention: sent rows, free pages, the WAL -------------------------------------
 
-    async def _tidy(self) -> bool:
+    async def _tidy(self, *, force: bool = False) -> bool:
         """One small step of cleanup when the outbox is idle or between short drains:
         delete up to ``cleanup_batch`` expired ``sent`` rows, else give back up to
         ``vacuum_pages`` free pages, each in its own short write transaction. After the
         file has shrunk, checkpoint the WAL so the -wal file shrinks too. Returns True
-        when more work is left (the caller pauses briefly and comes back)."""
+        when more work is left (the caller pauses briefly and comes back).
+
+        Once a look finds nothing to do, the next waits ``TIDY_INTERVAL`` (unless
+        ``force``): under a steady trickle a look after every poll would cost as much as
+        the shipping itself."""
+        if not force and time.monotonic() < self._next_tidy:
+            return False
         try:
-            return await self._tidy_step()
+            more = await self._tidy_step()
         except SQLAlchemyError as exc:
             logger.warning("outbox cleanup: %s", exc, extra={"action": "cleanup_failed"})
-            return False
+            more = False
+        if not more:
+            self._next_tidy = time.monotonic() + TIDY_INTERVAL
+        return more
 
     async def _tidy_step(self) -> bool:
         config = self.config
         if config.keep_sent_hours > 0:
             before = time.time() - config.keep_sent_hours * 3600.0
-            async with self.engine.begin() as conn:
-                deleted = await store.delete_sent_before(
-                    conn, before=before, limit=config.cleanup_batch
-                )
+            deleted = await self.db.write(
+                store.delete_sent_before, before=before, limit=config.cleanup_batch
+            )
             if deleted:
                 self.stats.cleaned += deleted
                 return True
@@ -550,16 +636,12 @@ class Shipper:
                 )
         if not self._auto_vacuum:
             return False
-        if self._peek_engine is None:
-            self._peek_engine = reader_engine(self.engine)
-        # Look first with a read (no write lock: this runs after every short drain), and
-        # take the write lock only to give pages back.
-        async with self._peek_engine.connect() as conn:
-            free = await store.freelist_pages(conn)
+        # Look first with a read (no write lock), and take the write lock only to give
+        # pages back.
+        free = await self.db.read(store.freelist_pages)
         threshold = config.vacuum_min_free_pages if not self._shrinking else 0
         if free > threshold:
-            async with self.engine.begin() as conn:
-                await store.incremental_vacuum(conn, config.vacuum_pages)
+            await self.db.write(store.incremental_vacuum, config.vacuum_pages)
             self.stats.vacuumed_pages += min(free, config.vacuum_pages)
         if free > threshold:
             self._shrinking = True
@@ -582,6 +664,8 @@ class Shipper:
     async def _open_store(self) -> None:
         if self._engine is None:
             self._engine = create_outbox_engine(self.config.database_url)
+        if self._db is None:
+            self._db = Transactions(self._engine)
         announced = False
         while True:
             try:
@@ -676,6 +760,13 @@ class Shipper:
 
     async def _shutdown(self) -> None:
         await self._disconnect()
+        if self._db is not None:
+            if not self._outcome_unknown:
+                # Every row handed out has its outcome: write what is still held back (the
+                # last short batch's acks), with nothing left in flight.
+                with contextlib.suppress(SQLAlchemyError):
+                    await self._commit(span=None)
+            await self._db.close()
         if self._engine is not None:
             with contextlib.suppress(SQLAlchemyError):
                 async with self._engine.begin() as conn:
@@ -683,8 +774,6 @@ class Shipper:
                     await store.drop_lease(conn, name=LEASE_NAME, owner=self.owner)
             if self._own_engine:
                 await self._engine.dispose()
-        if self._peek_engine is not None and self._peek_engine is not self._engine:
-            await self._peek_engine.dispose()
         logger.info("stopped: %s", self.stats, extra={"action": "stopped"})
 
     async def _count_unsettled(self, conn: AsyncConnection) -> None:
@@ -702,25 +791,6 @@ class Shipper:
                 counted,
                 extra={"action": "in_flight_recovered"},
             )
-
-    async def _wait_for_due_rows(self) -> None:
-        """Poll, between batches and when idle, until a row is due (or a stop, or a
-        lease renewal is due). The poll is a read on an engine without ``BEGIN
-        IMMEDIATE``: it takes no write lock, so it can run every ``poll_interval`` without
-        slowing writers, and a claim transaction is only opened when there is work."""
-        if self._peek_engine is None:
-            self._peek_engine = reader_engine(self.engine)
-        if self.config.exit_when_idle:
-            return  # burst mode: the next step finds nothing due and ends the run
-        give_up_at = time.monotonic() + self.config.lease_ttl / 3
-        while not self._stop.is_set() and time.monotonic() < give_up_at:
-            await self._sleep(self.config.poll_interval)
-            try:
-                async with self._peek_engine.connect() as conn:
-                    if await store.has_due(conn, now=time.time()):
-                        return
-            except SQLAlchemyError:
-                return  # let the claim path meet the error and back off as it does
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when a stop is asked for."""

@@ -119,9 +119,11 @@ async def _drain(
             rows: list[store.OutboxRow] = []
             try:
                 async with engine.begin() as conn:  # claim and delete in one transaction
-                    claim = await store.claim(conn, now=time.time(), limit=300, max_attempts=5)
+                    claim = await conn.run_sync(
+                        store.claim, now=time.time(), limit=300, max_attempts=5
+                    )
                     rows = list(claim.rows)
-                    removed = await store.delete_sent(conn, [r.id for r in rows])
+                    removed = await conn.run_sync(store.delete_sent, [r.id for r in rows])
                     if removed != len(rows):
                         raise AssertionError(f"deleted {removed} of {len(rows)} claimed rows")
                 deleted.extend(r.event_id for r in rows)  # only once committed

@@ -164,7 +164,7 @@ async def test_a_poison_row_ends_dead_after_max_attempts_while_its_neighbours_sh
     try:
         for cycle in range(3):
             async with engine.begin() as conn:
-                claim = await store.claim(conn, now=time.time(), limit=4, max_attempts=3)
+                claim = await conn.run_sync(store.claim, now=time.time(), limit=4, max_attempts=3)
             assert claim.rows[0].id == poison["id"]
             set_in_flight(outbox_path, claim.rows[0].id, claim.rows[-1].id, owner=f"dead-{cycle}")
             # the successor takes the lease and counts the attempts (NATS is unreachable
