@@ -123,6 +123,8 @@ def plan_claim(candidates: Sequence[OutboxRow], *, limit: int, max_attempts: int
     """Split due rows (in id order, as :func:`due_rows` returns them) into the batch to
     publish now and the rows out of attempts; :func:`bury` writes the latter."""
     more = len(candidates) >= limit
+    if not any(row.attempts for row in candidates):  # the usual case: no row failed before
+        return Claim(list(candidates[:limit]), [], more)
     buried = [row for row in candidates if row.attempts >= max_attempts]
     batch: list[OutboxRow] = []
     most_attempts = 0
