@@ -165,14 +165,18 @@ async def main_async(events: int, baseline_seconds: float, vacuum_pages: int) ->
     print(f"shrink took                {shrink_to - shrink_from:8.1f} s")
     print(f"pages vacuumed             {shipper.stats.vacuumed_pages:,} ({vacuum_pages} per step)")
     print()
-    print(f"{'writer phase':26} {'commits':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(
+        f"{'writer phase':26} {'commits':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+        f" {'>10 ms':>7}"
+    )
     for name, rows in (
         ("baseline (no shipper)", phase(baseline_from, drain_from)),
         ("during drain", phase(drain_from, shrink_from)),
         ("during cleanup/vacuum", phase(shrink_from, shrink_to)),
     ):
         p50, p99, top, count = _stats(rows)
-        print(f"{name:26} {count:>8} {p50:>8} {p99:>8} {top:>8}")
+        slow = sum(1 for latency in rows if latency > 0.010)
+        print(f"{name:26} {count:>8} {p50:>8} {p99:>8} {top:>8} {slow:>7}")
 
 
 def main() -> None:

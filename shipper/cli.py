@@ -262,7 +262,7 @@ OPTIONS: tuple[Option, ...] = (
         "SHIPPER_VACUUM_PAGES",
         "vacuum_pages",
         int,
-        "free pages given back per transaction when the file shrinks (default 256; 0 = off)",
+        "free pages given back per transaction when the file shrinks (default 64; 0 = off)",
     ),
     Option(
         "--vacuum-min-free-pages",

@@ -67,7 +67,7 @@ class ShipperConfig:
     duplicate_window: float = 600.0
     replicas: int = 1
     # the loop
-    batch_size: int = 1000
+    batch_size: int = 4000
     max_in_flight: int = 4000
     poll_interval: float = 0.01  # a read with no write lock: cheap enough to run often
     publish_timeout: float = 5.0
@@ -82,7 +82,7 @@ class ShipperConfig:
     # retention: acknowledged rows kept this long as "sent" (0 = deleted at once)
     keep_sent_hours: float = 0.0
     cleanup_batch: int = 500  # sent rows deleted per transaction
-    vacuum_pages: int = 256  # pages given back per transaction (0 = never shrink the file)
+    vacuum_pages: int = 64  # pages given back per transaction (0 = never shrink the file)
     vacuum_min_free_pages: int = 1024  # start shrinking once this many pages are free
     log_format: str = "text"
     log_level: str = "INFO"
