@@ -67,7 +67,7 @@ class ShipperConfig:
     duplicate_window: float = 600.0
     replicas: int = 1
     # the loop
-    batch_size: int = 4000
+    batch_size: int = 1000
     max_in_flight: int = 4000
     poll_interval: float = 0.01  # a read with no write lock: cheap enough to run often
     publish_timeout: float = 5.0
