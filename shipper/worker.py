@@ -336,7 +336,7 @@ class Shipper:
         skip = {row_id for row_id in self._unsettled.written_ids() if row_id > after}
         limit = self.config.batch_size
         while True:
-            rows = await self.db.read(
+            rows = await self.db.read_inline(
                 store.due_rows, now=time.time(), limit=limit + len(skip), after=after
             )
             if skip:
