@@ -129,6 +129,10 @@ class Settlement:
         self.release.extend(other.release)
 
 
+#: A batch being published and the task that publishes it.
+Flight = tuple[Batch, "asyncio.Task[Settlement]"]
+
+
 def retry_at(attempts: int, *, now: float, base: float, cap: float) -> float:
     """When a row that failed alone is due again: exponential in its attempts, with
     jitter so rows that failed together do not come back together."""
@@ -159,6 +163,9 @@ class Shipper:
         # now, its rows are charged an attempt (see _count_unsettled).
         self._outcome_unknown = False
         self._span: tuple[int, int] | None = None  # the in-flight range the lease records
+        # Publish a batch while the one before waits for its acks only when both fit in
+        # the in-flight window together.
+        self._overlap = 2 * config.batch_size <= config.max_in_flight
         self._next_tidy = 0.0  # monotonic time of the next look for cleanup work
         self._auto_vacuum: bool | None = None  # the file can shrink (checked once)
         self._shrinking = False  # a vacuum pass is under way: go on until no page is free
@@ -278,10 +285,11 @@ class Shipper:
         of the batch before said and records the new batch as in flight (checking the
         lease in the same statement). Each transaction runs whole in one worker thread
         (:attr:`db`), so it holds SQLite's write lock only while its statements run.
-        While a full batch is in flight the next one is read and recorded, so the loop
-        costs the slower of the database work and the publishing, not their sum. Outcomes
-        are written one step late, never before their PubAck, and all of them before
-        ``drain`` returns.
+        While a full batch is in flight the next one is read, recorded and (when two
+        batches fit in ``max_in_flight``) published too, so the loop costs the slower of
+        the database work and the publishing, not their sum, and nats-server is never left
+        waiting for a batch's last acks. Outcomes are written one step late, never before
+        their PubAck, and all of them before ``drain`` returns.
 
         A suspect batch (a row in it has had an attempt that did not end in a PubAck,
         e.g. it was in flight when a shipper died) is published apart: what came before
@@ -293,42 +301,69 @@ class Shipper:
         if batch is None:
             await self._commit(span=None)
             return 0
+        await self._commit(span=batch.span, buried=batch.buried)
+        current: Flight | None = self._launch(batch)
         claimed = 0
-        recorded = False  # batch's span was recorded while its predecessor was in flight
-        while batch is not None:
+        while current is not None:
+            batch, flight = current
             claimed += batch.size
-            if not recorded:
-                await self._commit(span=batch.span, buried=batch.buried)
-            pipelined = batch.full and not batch.suspect and not self._stop.is_set()
-            self._outcome_unknown = True
-            flight = asyncio.create_task(self._publish(batch))
-            following: Batch | None = None
-            recorded = False
+            upcoming: Flight | None = None  # published while this batch's acks come in
+            following: Batch | None = None  # published once this batch is done
             try:
-                if pipelined:
+                if batch.full and not batch.suspect and not self._stop.is_set():
                     following = await self._claim(after=batch.last_id)
                     if following is not None and not following.suspect:
                         await self._commit(
                             span=(batch.first_id, following.last_id), buried=following.buried
                         )
-                        recorded = True
+                        if self._overlap:
+                            upcoming, following = self._launch(following), None
+                outcome = await flight
             except BaseException:
-                self._unsettled.absorb(await flight)
-                self._outcome_unknown = False
+                await self._abandon(flight, upcoming)
                 raise
-            outcome = await flight
             self._unsettled.absorb(outcome)
-            self._outcome_unknown = False
             if outcome.trouble is not None:
-                if recorded and following is not None:
+                if upcoming is not None:
+                    # It meets the same trouble, or finishes: either way, its outcome.
+                    self._unsettled.absorb(await upcoming[1])
+                elif following is not None and self._span is not None:
+                    # Recorded in flight, never published: handed back as it is.
                     self._unsettled.release.extend(row.id for row in following.rows)
+                self._outcome_unknown = False
                 await self._commit(span=None)
                 raise TransientError(outcome.trouble)
-            if batch.full and not pipelined and not self._stop.is_set():
-                following = await self._claim(after=batch.last_id)
-            batch = following
+            if upcoming is None:
+                self._outcome_unknown = False
+                if following is None and batch.full and not self._stop.is_set():
+                    following = await self._claim(after=batch.last_id)
+                if following is not None:
+                    if self._span is None or following.last_id != self._span[1]:
+                        await self._commit(span=following.span, buried=following.buried)
+                    upcoming = self._launch(following)
+            current = upcoming
         await self._commit(span=None)
         return claimed
+
+    def _launch(self, batch: Batch) -> Flight:
+        """Start publishing ``batch`` (already recorded in flight)."""
+        self._outcome_unknown = True
+        return batch, asyncio.create_task(self._publish(batch))
+
+    async def _abandon(self, flight: asyncio.Task[Settlement], upcoming: Flight | None) -> None:
+        """An exception ends the drain: wait for the batches in flight (each bounded by
+        the publish timeout) and keep what their acks said, to be written later. A batch
+        whose publishing raised has no outcome: its rows stay recorded in flight."""
+        known = True
+        for task in (flight, upcoming[1] if upcoming is not None else None):
+            if task is None:
+                continue
+            (result,) = await asyncio.gather(task, return_exceptions=True)
+            if isinstance(result, Settlement):
+                self._unsettled.absorb(result)
+            else:
+                known = False
+        self._outcome_unknown = not known
 
     async def _claim(self, *, after: int) -> Batch | None:
         """Read the next due rows after ``after`` with no write lock, leaving out rows
