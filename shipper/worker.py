@@ -309,6 +309,7 @@ class Shipper:
             claimed += batch.size
             upcoming: Flight | None = None  # published while this batch's acks come in
             following: Batch | None = None  # published once this batch is done
+            recorded = False  # following is recorded in flight already
             try:
                 if batch.full and not batch.suspect and not self._stop.is_set():
                     following = await self._claim(after=batch.last_id)
@@ -316,6 +317,7 @@ class Shipper:
                         await self._commit(
                             span=(batch.first_id, following.last_id), buried=following.buried
                         )
+                        recorded = True
                         if self._overlap:
                             upcoming, following = self._launch(following), None
                 outcome = await flight
@@ -327,7 +329,7 @@ class Shipper:
                 if upcoming is not None:
                     # It meets the same trouble, or finishes: either way, its outcome.
                     self._unsettled.absorb(await upcoming[1])
-                elif following is not None and self._span is not None:
+                elif following is not None and recorded:
                     # Recorded in flight, never published: handed back as it is.
                     self._unsettled.release.extend(row.id for row in following.rows)
                 self._outcome_unknown = False
@@ -338,7 +340,7 @@ class Shipper:
                 if following is None and batch.full and not self._stop.is_set():
                     following = await self._claim(after=batch.last_id)
                 if following is not None:
-                    if self._span is None or following.last_id != self._span[1]:
+                    if not recorded:
                         await self._commit(span=following.span, buried=following.buried)
                     upcoming = self._launch(following)
             current = upcoming
