@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from outbox.contract import EVENT_TYPE, UsageEvent
+from outbox.driver_sql import fetch_all
 from outbox.schema import DEAD, PENDING, SENT, lease_table, outbox_table
 
 _t = outbox_table.c
@@ -115,32 +116,10 @@ def due_rows(conn: sa.Connection, *, now: float, limit: int, after: int = 0) -> 
     needs no lock for it: only the lease holder changes a pending row, so what it read is
     still pending when it records the claim with :func:`set_in_flight`.
     """
-    rows = _fetch_raw(conn, _SELECT_DUE, {"now": now, "limit": limit, "after": after})
+    # Plain tuples from the DBAPI cursor: for thousands of rows a second, SQLAlchemy's
+    # result rows cost more than the query.
+    rows = fetch_all(conn, _SELECT_DUE, {"now": now, "limit": limit, "after": after})
     return list(map(OutboxRow._make, rows))
-
-
-#: Statements compiled once per dialect: SQL text, default parameters, positional names.
-_compiled: dict[tuple[int, type[Any]], tuple[str, dict[str, Any], list[str] | None]] = {}
-
-
-def _fetch_raw(conn: sa.Connection, statement: sa.Select[Any], values: dict[str, Any]) -> list[Any]:
-    """Run a SELECT on the DBAPI cursor and return its plain tuples. For the claim's
-    thousands of rows a second, SQLAlchemy's result rows and type processing cost more
-    than the query; the columns read here need no conversion on any DBAPI."""
-    key = (id(statement), type(conn.dialect))
-    compiled = _compiled.get(key)
-    if compiled is None:
-        done = statement.compile(dialect=conn.dialect)
-        names = list(done.positiontup or ()) if done.positional else None
-        compiled = _compiled[key] = (str(done), dict(done.params), names)
-    sql, defaults, names = compiled
-    params = {**defaults, **values}
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute(sql, params if names is None else tuple(params[n] for n in names))
-        return list(cursor.fetchall())
-    finally:
-        cursor.close()
 
 
 def plan_claim(candidates: Sequence[OutboxRow], *, limit: int, max_attempts: int) -> Claim:

@@ -8,7 +8,7 @@ so a refused event (:class:`~outbox.errors.InvalidUsageEvent`) leaves the table 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from enum import Enum
 from operator import itemgetter
 from typing import Any, TypedDict
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from outbox import store
 from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, UsageEvent, build_usage_event
+from outbox.driver_sql import driver_statement
 
 
 class UsageArgs(TypedDict, total=False):
@@ -43,39 +44,25 @@ def _sync_connection(target: Session | Connection) -> Connection:
 
 Rows = dict[str, Any] | list[dict[str, Any]]
 
-#: ``store.INSERT`` compiled once per dialect: SQL text and, for a positional paramstyle,
-#: a getter turning a row dict into its parameter tuple.
-_compiled_inserts: dict[tuple[Any, ...], tuple[str, Callable[[dict[str, Any]], Any] | None]] = {}
-
 
 def _insert_sync(target: Session | Connection, rows: Rows) -> None:
-    """Insert outbox rows at the DBAPI level: ``store.INSERT``, compiled once for the
+    """Insert outbox rows at the DBAPI level: ``store.INSERT`` compiled once for the
     connection's dialect, then ``cursor.execute``/``executemany`` through
     ``exec_driver_sql``. Going through ``Connection.execute`` instead re-processes every
     parameter of every row (about 2 us a row, a tenth of the batch form's budget). The
     values need no conversion: text, bytes and floats are what every DBAPI takes."""
     connection = _sync_connection(target)
     first = rows if isinstance(rows, dict) else rows[0]
-    dialect = connection.dialect
-    key = (type(dialect), dialect.paramstyle, tuple(first))
-    compiled = _compiled_inserts.get(key)
-    if compiled is None:
-        statement = store.INSERT.compile(dialect=dialect, column_keys=list(first))
-        names = list(statement.positiontup or ()) if statement.positional else []
-        getter: Callable[[dict[str, Any]], Any] | None = None
-        if len(names) > 1:
-            getter = itemgetter(*names)
-        elif names:  # itemgetter of one name returns the bare value, not a 1-tuple
-            name = names[0]
-            getter = lambda row: (row[name],)  # noqa: E731
-        compiled = _compiled_inserts[key] = (str(statement), getter)
-    sql, getter = compiled
-    if getter is None:
+    sql, _, names = driver_statement(store.INSERT, connection.dialect, tuple(first))
+    if names is None:  # a named paramstyle takes the row dicts as they are
         connection.exec_driver_sql(sql, rows)
-    elif isinstance(rows, dict):
-        connection.exec_driver_sql(sql, getter(rows))
+        return
+    # itemgetter of one name returns the bare value, not the 1-tuple a cursor needs
+    row_values = itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
+    if isinstance(rows, dict):
+        connection.exec_driver_sql(sql, row_values(rows))
     else:
-        connection.exec_driver_sql(sql, list(map(getter, rows)))
+        connection.exec_driver_sql(sql, list(map(row_values, rows)))
 
 
 async def _insert(target: AsyncSession | AsyncConnection, rows: Rows) -> None:
