@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shipper.config import ShipperConfig
-from shipper.worker import Shipper, ShipperStats
+from shipper.stats import ShipperStats
+from shipper.worker import Shipper
 
 __all__ = ["Shipper", "ShipperConfig", "ShipperStats"]

@@ -77,7 +77,7 @@ _ERROR_KINDS = {
 
 
 class PublishedBatch(Protocol):
-    """What the hooks read of a :class:`shipper.worker.Batch`."""
+    """What the hooks read of a :class:`shipper.batch.Batch`."""
 
     @property
     def sendable(self) -> list[store.OutboxRow]: ...

@@ -1,4 +1,5 @@
-"""SIGTERM / SIGINT as a stop request, installed for a block and restored after it."""
+"""Stop requests: SIGTERM / SIGINT as one (installed for a block and restored after it),
+and a sleep that a stop cuts short."""
 
 from __future__ import annotations
 
@@ -34,3 +35,9 @@ def stop_on_signals(request: Callable[[], None], *, enabled: bool = True) -> Ite
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake at once when ``stop`` is set: a stop must not wait out a backoff."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

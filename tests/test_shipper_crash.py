@@ -16,8 +16,9 @@ import pytest
 from outbox import store
 from outbox.sqlite import create_outbox_engine, sqlite_url
 from shipper import Shipper, ShipperConfig
+from shipper.batch import Batch, Settlement
+from shipper.lease import LEASE_NAME
 from shipper.natsserver import NatsServer
-from shipper.worker import LEASE_NAME, Batch, Settlement
 from tests.fixtures.shipper import (
     CliProcesses,
     ShipperRunner,

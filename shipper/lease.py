@@ -1,0 +1,126 @@
+"""One shipper per outbox: the lease row, taken at start, renewed, dropped at the end.
+
+The in-flight range recorded with the lease (``store.set_in_flight``) is the evidence
+that rows were being published when a shipper died; whoever takes the lease next counts
+an attempt on each of them, so a row that crashes the shipper reaches ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from outbox import store
+from shipper.signals import sleep_unless_stopped
+
+logger = logging.getLogger("shipper")
+
+LEASE_NAME = "shipper"
+
+
+class Lease:
+    def __init__(self, engine: AsyncEngine, *, owner: str, ttl: float, stop: asyncio.Event) -> None:
+        self.engine = engine
+        self.owner = owner
+        self.ttl = ttl
+        self._stop = stop
+
+    async def acquire(self) -> bool:
+        """Wait until this shipper holds the lease (True) or a stop is asked for (False).
+        On taking it, count an attempt on the rows the previous holder left in flight."""
+        announced = False
+        while not self._stop.is_set():
+            counted: int | None = None
+            try:
+                async with self.engine.begin() as conn:
+                    now = time.time()
+                    if await store.take_lease(
+                        conn, name=LEASE_NAME, owner=self.owner, now=now, ttl=self.ttl
+                    ):
+                        counted = await store.recover_in_flight(conn, name=LEASE_NAME)
+                    else:
+                        holder = await store.lease_holder(conn, name=LEASE_NAME)
+            except SQLAlchemyError as exc:
+                # Disk full, locked past busy_timeout: wait and try again, as the running
+                # loop does, instead of exiting (a supervisor would restart us into it).
+                logger.warning(
+                    "cannot take the outbox lease: %s; retrying",
+                    exc,
+                    extra={"action": "lease_take_failed"},
+                )
+                await sleep_unless_stopped(self._stop, self.ttl / 3)
+                continue
+            if counted is not None:
+                logger.info(
+                    "holding the outbox lease as %s", self.owner, extra={"action": "lease_taken"}
+                )
+                if counted:
+                    logger.warning(
+                        "the previous shipper stopped with %d rows in flight; counted an "
+                        "attempt on each",
+                        counted,
+                        extra={"action": "in_flight_recovered"},
+                    )
+                return True
+            if not announced:
+                who, until = holder or ("?", now)
+                logger.warning(
+                    "another shipper (%s) is shipping this outbox; waiting for its lease, "
+                    "which expires in %.0f s unless renewed",
+                    who,
+                    until - now,
+                    extra={"action": "lease_wait", "holder": who},
+                )
+                announced = True
+            await sleep_unless_stopped(self._stop, self.ttl / 3)
+        return False
+
+    async def keep(self, on_lost: Callable[[], None]) -> None:
+        """Renew the lease every third of its time to live until a stop; call ``on_lost``
+        if another shipper took it meanwhile."""
+        while not self._stop.is_set():
+            await sleep_unless_stopped(self._stop, self.ttl / 3)
+            try:
+                async with self.engine.begin() as conn:
+                    held = await store.take_lease(
+                        conn, name=LEASE_NAME, owner=self.owner, now=time.time(), ttl=self.ttl
+                    )
+            except SQLAlchemyError as exc:
+                logger.warning(
+                    "could not renew the lease: %s", exc, extra={"action": "lease_renew_failed"}
+                )
+                continue
+            if not held:
+                logger.error(
+                    "lost the outbox lease to another shipper; stopping",
+                    extra={"action": "lease_lost"},
+                )
+                on_lost()
+
+    async def release(self) -> None:
+        """Drop the lease as the run ends, first counting an attempt on rows still
+        recorded in flight."""
+        async with self.engine.begin() as conn:
+            await self._count_unsettled(conn)
+            await store.drop_lease(conn, name=LEASE_NAME, owner=self.owner)
+
+    async def _count_unsettled(self, conn: AsyncConnection) -> None:
+        """A clean stop settles everything first, so rows are still recorded in flight
+        only when the run ends on an exception. Dropping the lease would drop that
+        evidence, and a row that crashes the process would be retried for ever instead
+        of reaching ``max_attempts``."""
+        holder = await store.lease_holder(conn, name=LEASE_NAME)
+        if holder is None or holder[0] != self.owner:
+            return  # not ours (any more): its holder counts
+        counted = await store.recover_in_flight(conn, name=LEASE_NAME)
+        if counted:
+            logger.warning(
+                "stopping with %d rows in flight; counted an attempt on each",
+                counted,
+                extra={"action": "in_flight_recovered"},
+            )

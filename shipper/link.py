@@ -1,0 +1,163 @@
+"""The shipper's link to JetStream: a connection found through discovery, the stream
+checked on it, and the publisher on top; rebuilt whole when the connection is gone.
+
+nats-py reconnects on its own for a while; when it gives up, the connection is closed
+for good, and the next :meth:`JetStreamLink.ensure` asks discovery again and builds a
+new one rather than letting the process die.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from nats.aio.client import Client
+
+from shipper.config import ShipperConfig, redact_url
+from shipper.connection import CREDENTIAL_HINT, NatsRefused, connect
+from shipper.discovery import Discovery
+from shipper.errors import ConfigError, TransientError
+from shipper.metrics import ShipperMetrics
+from shipper.publisher import Publisher
+from shipper.stats import ShipperStats
+from shipper.stream import ensure_stream
+
+logger = logging.getLogger("shipper")
+
+
+class JetStreamLink:
+    def __init__(
+        self,
+        config: ShipperConfig,
+        *,
+        stop: asyncio.Event,
+        stats: ShipperStats,
+        metrics: ShipperMetrics,
+    ) -> None:
+        self.config = config
+        self.stats = stats
+        self.metrics = metrics
+        self._stop = stop
+        self._discovery = Discovery(config)
+        self._client: Client | None = None
+        self._closed = asyncio.Event()  # set by the connection's callbacks, or by close()
+        self._publisher: Publisher | None = None
+        self._stream_ready = False  # ensure_stream succeeded on the current connection
+        self._stop_deadline: float | None = None
+
+    @property
+    def publisher(self) -> Publisher:
+        assert self._publisher is not None, "JetStreamLink.ensure() builds the publisher"
+        return self._publisher
+
+    def stream_unsure(self) -> None:
+        """Rows found no stream responder: check the stream again before the next batch."""
+        self._stream_ready = False
+
+    def stop_by(self, deadline: float) -> None:
+        """A stop was asked for: PubAcks are awaited until a little before ``deadline``
+        (monotonic), and the rest of the time is kept for closing the connection."""
+        self._stop_deadline = deadline
+        if self._publisher is not None:
+            self._publisher.cut_short(deadline - self._close_reserve)
+
+    @property
+    def _close_reserve(self) -> float:
+        return min(1.0, self.config.shutdown_timeout / 4)
+
+    async def ensure(self) -> None:
+        """Connect if there is no live connection; raise :class:`TransientError` while
+        JetStream cannot be reached, :class:`ConfigError` when it never will be as
+        configured."""
+        if self._client is not None and not self._closed.is_set():
+            if not self._stream_ready:
+                # The stream may have been deleted under a live connection. Check (and,
+                # if allowed, create) it again before claiming.
+                try:
+                    await ensure_stream(
+                        self._client.jetstream(timeout=self.config.publish_timeout), self.config
+                    )
+                except ConfigError:
+                    raise
+                except Exception as exc:
+                    raise TransientError(f"stream not available: {exc!r}") from exc
+                self._stream_ready = True
+            return
+        await self.close()
+        servers = await self._discovery.servers()
+        self._closed = asyncio.Event()
+        try:
+            client = await self._unless_stopped(connect(self.config, servers, self._closed))
+        except NatsRefused as exc:
+            if self.stats.connections == 0:
+                # Never connected: wrong credentials or TLS settings, not an outage. Say so
+                # and stop (exit 2) rather than retry for ever; the rows stay pending.
+                raise ConfigError(
+                    f"nats refused the connection: {exc} ({CREDENTIAL_HINT})"
+                ) from exc
+            raise  # worked before: maybe rotated credentials; keep trying
+        except Exception as exc:
+            shown = ", ".join(redact_url(server) for server in servers)
+            raise TransientError(f"cannot connect to nats {shown}: {exc!r}") from exc
+        self._client = client
+        try:
+            js = client.jetstream(timeout=self.config.publish_timeout)
+            stream = await ensure_stream(js, self.config)
+            publisher = Publisher(
+                client,
+                timeout=self.config.publish_timeout,
+                max_in_flight=self.config.max_in_flight,
+            )
+            await publisher.start()
+        except ConfigError:
+            raise
+        except Exception as exc:
+            await self.close()
+            raise TransientError(f"jetstream not ready: {exc!r}") from exc
+        self._publisher = publisher
+        self._stream_ready = True
+        self.stats.connections += 1
+        self.metrics.connected(client, stream)
+        logger.info("shipping to stream %s", stream, extra={"action": "ready", "stream": stream})
+
+    async def _unless_stopped(self, connecting: Coroutine[Any, Any, Client]) -> Client:
+        """Await ``connecting`` unless a stop comes first. nats-py's first connect retries
+        each server ``max_reconnect_attempts`` times, ``reconnect_time_wait`` apart (for
+        ever when that is negative), so a stop must not wait for it."""
+        task = asyncio.create_task(connecting, name="shipper-connect")
+        stopping = asyncio.create_task(self._stop.wait(), name="shipper-connect-stop")
+        try:
+            await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, stopping, return_exceptions=True)
+        if task.cancelled():
+            raise TransientError("stopped while connecting")
+        return task.result()
+
+    async def close(self) -> None:
+        if self._publisher is not None:
+            await self._publisher.close()
+            self._publisher = None
+        client, self._client = self._client, None
+        # Closing on purpose: the connection's callbacks see this and stay quiet.
+        self._closed.set()
+        if client is not None and not client.is_closed:
+            # Flush what is buffered, then close, each within the time left: not
+            # client.drain(), which a timeout cannot cut short (cancelled, it still waits
+            # up to 10 s for its own flush) and which gains nothing here, since every
+            # PubAck worth waiting for has been waited for already.
+            budget = self.config.shutdown_timeout
+            if self._stop_deadline is not None:
+                budget = max(self._close_reserve, self._stop_deadline - time.monotonic())
+            with contextlib.suppress(Exception):
+                await client.flush(timeout=budget)  # type: ignore[arg-type]
+            if not client.is_closed:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close(), self._close_reserve)
