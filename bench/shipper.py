@@ -26,6 +26,8 @@ Rows:
    stamps a message when it stores it, just before sending its PubAck). When ``run()``
    returned is shown apart: an idle shipper tidies the file (gives free pages back) before
    an exit-when-idle run ends, which is not shipping; after ``--grace`` s it is stopped.
+   Beside it, the CPU each part used from ``run()`` to the last PubAck (:mod:`bench.cpu`):
+   the event loop's thread, the database thread, nats-server, the whole machine.
 3. The legacy way: connect, ``js.publish`` (waiting for the PubAck), close, per event.
    The legacy code also asked Consul per event; that is left out, so this is generous.
 4. Latency at a steady 1,000 events/s: a writer process calls ``Outbox.record`` on a fixed
@@ -75,6 +77,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 
+from bench import cpu
 from outbox import Outbox, build_usage_event
 from outbox.sqlite import sqlite_url
 from shipper.config import STREAM_SUBJECT, ShipperConfig
@@ -356,6 +359,7 @@ class Drain:
     stored: int  # messages in the stream afterwards
     published: int  # the shipper's own count
     left: int  # rows not acknowledged in the outbox
+    cpu: cpu.CpuUse | None  # run() called -> the last PubAck seen (None: not all shipped)
 
     @property
     def per_s(self) -> float:
@@ -370,8 +374,22 @@ class Drain:
         return self.stored == self.published == self.events and self.left == 0
 
 
+def thread_role(name: str) -> str:
+    """The shipper's threads by what they do (see bench.cpu)."""
+    if name == "main":
+        return "loop"
+    if name.startswith("outbox-db"):
+        return "db thread"  # outbox.transactions: the settle/claim write transactions
+    return "other threads"
+
+
 async def bench_shipper(
-    directory: Path, url: str, admin: Client, events: int, grace: float, profile: Path | None
+    directory: Path,
+    server: NatsServer,
+    admin: Client,
+    events: int,
+    grace: float,
+    profile: Path | None,
 ) -> Drain:
     """The shipper in this process with ``exit_when_idle``. Its events/s run from the
     call to ``run()`` to the last message stored (start-up included). ``run()`` may go on
@@ -381,7 +399,7 @@ async def bench_shipper(
     await fill_outbox(path, events)
     await purge(admin)
     config = ShipperConfig(
-        database_url=sqlite_url(path), nats_servers=(url,), exit_when_idle=True
+        database_url=sqlite_url(path), nats_servers=(server.url,), exit_when_idle=True
     ).validate()
     # Its clean shutdown logs the connection closing at WARNING; keep the table readable.
     logging.getLogger("shipper").setLevel(logging.ERROR)
@@ -392,12 +410,15 @@ async def bench_shipper(
     if profiler is not None:
         profiler.enable()
     running = asyncio.create_task(shipper.run())
+    cpu_start = cpu.snapshot(thread_role, server.pid)
+    cpu_end: cpu.CpuSnapshot | None = None
     delivered_at: float | None = None
     returned: float | None = None
     while not running.done():
         # A look at a counter every 10 ms: nothing the shipper's loop would notice.
         if delivered_at is None and shipper.stats.delivered >= events:
             delivered_at = perf()
+            cpu_end = cpu.snapshot(thread_role, server.pid)
         if delivered_at is not None and perf() - delivered_at > grace:
             shipper.stop()
             break
@@ -420,6 +441,7 @@ async def bench_shipper(
         stored=state.messages,
         published=stats.published,
         left=pending_rows(path),
+        cpu=cpu.between(cpu_start, cpu_end) if cpu_end is not None else None,
     )
 
 
@@ -815,6 +837,13 @@ def table(
             verdict(shipped / legacy.per_s >= 30),
         ),
         Row(
+            "CPU while the shipper drains (cores busy)",
+            drain.cpu.describe("nats-server") if drain.cpu is not None else "-",
+            cpu_reading(drain.cpu),
+            "-",
+            "info",
+        ),
+        Row(
             f"latency commit->stored at {latency.offered:,.0f}/s ({latency.events:,} events)",
             f"p50 {latency.p50 * 1000:.1f} ms p99 {latency.p99 * 1000:.1f} ms",
             f"max {latency.max * 1000:.0f} ms; write->stored p50 {latency.write_p50 * 1000:.1f}"
@@ -842,6 +871,23 @@ def table(
 
 
 # -- the run -------------------------------------------------------------------------------
+
+
+def cpu_reading(use: cpu.CpuUse | None) -> str:
+    """Which resource ran out first, as far as CPU counters can tell. The shipper's
+    threads share one GIL: the loop and the db thread together can keep one core busy at
+    the most (a little more while SQLite runs with the GIL released)."""
+    if use is None:
+        return "not measured: the drain did not finish"
+    shipper = sum(use.threads.values())
+    if shipper >= 0.85:
+        return (
+            f"the shipper's threads kept {shipper:.2f} of a core busy (one GIL): its Python "
+            "sets the pace"
+        )
+    if use.machine >= 0.9 * use.cores:
+        return f"every core was busy ({use.machine:.2f} of {use.cores}): no CPU to spare"
+    return f"the shipper's threads used {shipper:.2f} of a core: it waited for acks or the disk"
 
 
 def load() -> str:
@@ -882,7 +928,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 legacy = await bench_legacy(server.url, build_messages(args.legacy))
                 progress(f"shipper drain ({args.events:,} rows, filling first)")
                 drain = await bench_shipper(
-                    directory, server.url, admin, args.events, args.grace, args.profile
+                    directory, server, admin, args.events, args.grace, args.profile
                 )
                 progress(f"latency ({args.latency_rate:,.0f}/s for {args.latency_seconds:.0f} s)")
                 latency = await bench_latency(
