@@ -79,6 +79,15 @@ class Settlement:
 Flight = tuple[Batch, "asyncio.Task[Settlement]"]
 
 
+@dataclass
+class Ahead:
+    """The batch claimed while the one before waits for its acks, and how far it got."""
+
+    batch: Batch | None = None
+    recorded: bool = False  # recorded in flight with the lease
+    flight: Flight | None = None  # published already (both fit in the in-flight window)
+
+
 def retry_at(attempts: int, *, now: float, base: float, cap: float) -> float:
     """When a row that failed alone is due again: exponential in its attempts, with
     jitter so rows that failed together do not come back together."""

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from outbox import migrate, store
 from outbox.sqlite import create_outbox_engine
 from outbox.transactions import Transactions
-from shipper.batch import Batch, Flight, Settlement, retry_at
+from shipper.batch import Ahead, Batch, Flight, Settlement, retry_at
 from shipper.config import ShipperConfig
 from shipper.errors import LeaseLost, TransientError
 from shipper.lease import LEASE_NAME, Lease
@@ -210,45 +210,57 @@ class Shipper:
         while current is not None:
             batch, flight = current
             claimed += batch.size
-            upcoming: Flight | None = None  # published while this batch's acks come in
-            following: Batch | None = None  # published once this batch is done
-            recorded = False  # following is recorded in flight already
+            ahead = Ahead()
             try:
                 if batch.full and not batch.suspect and not self._stop.is_set():
-                    following = await self._claim(after=batch.last_id)
-                    if following is not None and not following.suspect:
-                        await self._commit(
-                            span=(batch.first_id, following.last_id), buried=following.buried
-                        )
-                        recorded = True
-                        if self._overlap:
-                            upcoming, following = self._launch(following), None
+                    ahead = await self._claim_ahead(batch)
                 outcome = await flight
             except BaseException:
-                await self._abandon(flight, upcoming)
+                await self._abandon(flight, ahead.flight)
                 raise
             self._unsettled.absorb(outcome)
             if outcome.trouble is not None:
-                if upcoming is not None:
-                    # It meets the same trouble, or finishes: either way, its outcome.
-                    self._unsettled.absorb(await upcoming[1])
-                elif following is not None and recorded:
-                    # Recorded in flight, never published: handed back as it is.
-                    self._unsettled.release.extend(row.id for row in following.rows)
-                self._outcome_unknown = False
-                await self._commit(span=None)
+                await self._give_up(ahead)
                 raise TransientError(outcome.trouble)
-            if upcoming is None:
-                self._outcome_unknown = False
-                if following is None and batch.full and not self._stop.is_set():
-                    following = await self._claim(after=batch.last_id)
-                if following is not None:
-                    if not recorded:
-                        await self._commit(span=following.span, buried=following.buried)
-                    upcoming = self._launch(following)
-            current = upcoming
+            current = ahead.flight or await self._launch_next(batch, ahead)
         await self._commit(span=None)
         return claimed
+
+    async def _claim_ahead(self, batch: Batch) -> Ahead:
+        """While ``batch`` waits for its acks: claim the next one and record both in
+        flight; publish it too when both fit in the in-flight window. A suspect batch
+        is only claimed: it waits until everything before it is settled."""
+        following = await self._claim(after=batch.last_id)
+        if following is None or following.suspect:
+            return Ahead(following)
+        await self._commit(span=(batch.first_id, following.last_id), buried=following.buried)
+        if self._overlap:
+            return Ahead(following, recorded=True, flight=self._launch(following))
+        return Ahead(following, recorded=True)
+
+    async def _launch_next(self, batch: Batch, ahead: Ahead) -> Flight | None:
+        """``batch`` is done and nothing is in flight: publish the batch after it (claimed
+        ahead, or claimed now), or None when none is due."""
+        self._outcome_unknown = False
+        following = ahead.batch
+        if following is None and batch.full and not self._stop.is_set():
+            following = await self._claim(after=batch.last_id)
+        if following is None:
+            return None
+        if not ahead.recorded:
+            await self._commit(span=following.span, buried=following.buried)
+        return self._launch(following)
+
+    async def _give_up(self, ahead: Ahead) -> None:
+        """Connection-level trouble ended a batch: keep the outcome of the batch published
+        after it (it meets the same trouble, or finishes), hand back one recorded and not
+        published as it is, and write it all with nothing left in flight."""
+        if ahead.flight is not None:
+            self._unsettled.absorb(await ahead.flight[1])
+        elif ahead.batch is not None and ahead.recorded:
+            self._unsettled.release.extend(row.id for row in ahead.batch.rows)
+        self._outcome_unknown = False
+        await self._commit(span=None)
 
     def _launch(self, batch: Batch) -> Flight:
         """Start publishing ``batch`` (already recorded in flight)."""
