@@ -60,10 +60,12 @@ class JetStreamLink:
 
     def stop_by(self, deadline: float) -> None:
         """A stop was asked for: PubAcks are awaited until a little before ``deadline``
-        (monotonic), and the rest of the time is kept for closing the connection."""
-        self._stop_deadline = deadline
+        (monotonic), and the rest of the time is kept for closing the connection. The
+        first stop's deadline holds: asking again does not extend it."""
+        if self._stop_deadline is None or deadline < self._stop_deadline:
+            self._stop_deadline = deadline
         if self._publisher is not None:
-            self._publisher.cut_short(deadline - self._close_reserve)
+            self._publisher.cut_short(self._stop_deadline - self._close_reserve)
 
     @property
     def _close_reserve(self) -> float:

@@ -52,13 +52,13 @@ class Shipper:
         self._engine = engine
         self._own_engine = engine is None
         self._stop = asyncio.Event()
-        self._stop_deadline: float | None = None
         self._failing_since: float | None = None
         # Served on config.metrics_port; hooks that do nothing when it is unset.
         self.metrics: ShipperMetrics = metrics_for(config)
         self._link = JetStreamLink(config, stop=self._stop, stats=self.stats, metrics=self.metrics)
         self._db: Transactions | None = None  # the claim/settle path (see _open_store)
-        self._lease: Lease | None = None  # made with the store, as is:
+        # Both made with the store, in _open_store:
+        self._lease: Lease | None = None
         self._tidier: Tidier | None = None
         # Outcomes known and not yet written: the next transaction writes them (after an
         # error, the next drain's, or the shutdown's), and claims leave their rows out.
@@ -102,10 +102,8 @@ class Shipper:
         From here on the shipper claims nothing more and has ``shutdown_timeout`` seconds
         to collect outstanding PubAcks and close the connection, however stuck NATS is.
         """
-        if self._stop_deadline is None:
-            self._stop_deadline = time.monotonic() + self.config.shutdown_timeout
         self._stop.set()
-        self._link.stop_by(self._stop_deadline)
+        self._link.stop_by(time.monotonic() + self.config.shutdown_timeout)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -476,7 +474,7 @@ class Shipper:
                         extra={"action": "store_open_failed"},
                     )
                     announced = True
-                await sleep_unless_stopped(self._stop, self.config.backoff_cap)
+                await self._sleep(self.config.backoff_cap)
 
     async def _shutdown(self) -> None:
         await self._link.close()
