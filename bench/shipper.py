@@ -80,7 +80,8 @@ from nats.js.api import StorageType, StreamConfig
 from bench import cpu
 from outbox import Outbox, build_usage_event
 from outbox.sqlite import sqlite_url
-from shipper.config import STREAM_SUBJECT, ShipperConfig
+from outbox.stream_spec import DEFAULT_STREAM_SUBJECTS, OWN_SUBJECTS
+from shipper.config import ShipperConfig
 from shipper.natsserver import NatsServer, find_nats_server_binary
 from shipper.worker import Shipper
 
@@ -170,10 +171,11 @@ async def create_stream(admin: Client) -> None:
     await admin.jetstream().add_stream(
         StreamConfig(
             name=STREAM,
-            subjects=[STREAM_SUBJECT],
+            subjects=list(DEFAULT_STREAM_SUBJECTS),
             storage=StorageType.FILE,
             num_replicas=DEFAULTS.replicas,
             duplicate_window=DEFAULTS.duplicate_window,
+            max_age=DEFAULTS.stream_max_age,
         )
     )
 
@@ -587,7 +589,7 @@ class Latency:
 async def read_stream(admin: Client, count: int) -> dict[str, tuple[float, float]]:
     """event_id -> (stored, written) for the first ``count`` messages of the stream."""
     js = admin.jetstream()
-    sub = await js.subscribe(STREAM_SUBJECT, ordered_consumer=True)
+    sub = await js.subscribe(OWN_SUBJECTS, ordered_consumer=True)
     seen: dict[str, tuple[float, float]] = {}
     try:
         for _ in range(count):

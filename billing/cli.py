@@ -81,7 +81,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("--tls-ca", "tls_ca_file", "CA file to verify NATS with (default: system CAs)"),
     Option("--tls-cert", "tls_cert_file", "client certificate for NATS"),
     Option("--tls-key", "tls_key_file", "key of the client certificate"),
-    Option("--stream", "stream", "JetStream stream to read (default USAGE)"),
+    Option("--stream", "stream", "JetStream stream to read (default billing-stream)"),
+    Option(
+        "--stream-max-age",
+        "stream_max_age",
+        "max_age in seconds of a stream billing creates (default 30 days)",
+    ),
     Option("--durable", "durable", "durable consumer name (default billing)"),
     Option(
         "--create-stream",

@@ -20,12 +20,17 @@ from sqlalchemy.exc import ArgumentError
 
 from billing.db import DEFAULT_DATABASE_URL
 from billing.errors import BillingConfigError
+from outbox.stream_spec import (
+    DEFAULT_STREAM,
+    DEFAULT_STREAM_MAX_AGE,
+    STREAM_ENV,
+    STREAM_MAX_AGE_ENV,
+    USAGE_SUBJECTS,
+)
 
 DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
 #: What the consumer reads: every usage subject, also multi-token ones if a stream has them.
-FILTER_SUBJECT: Final = "billing.usage.recorded.>"
-#: What a stream billing creates captures (the same as the shipper's).
-STREAM_SUBJECT: Final = "billing.usage.recorded.*"
+FILTER_SUBJECT: Final = USAGE_SUBJECTS
 
 #: Setting name -> environment variable.
 ENV: Final = {
@@ -41,7 +46,8 @@ ENV: Final = {
     "tls_cert_file": "NATS_TLS_CERT_FILE",
     "tls_key_file": "NATS_TLS_KEY_FILE",
     # The stream settings are shared with the shipper: one variable names it for both.
-    "stream": "USAGE_STREAM",
+    "stream": STREAM_ENV,
+    "stream_max_age": STREAM_MAX_AGE_ENV,
     "durable": "BILLING_DURABLE",
     "create_stream": "USAGE_CREATE_STREAM",
     "batch_size": "BILLING_BATCH_SIZE",
@@ -81,8 +87,11 @@ class BillingConfig:
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
-    #: JetStream stream holding the usage events (created when missing and allowed).
-    stream: str = "USAGE"
+    #: JetStream stream holding the usage events (created when missing and allowed, as
+    #: the platform's billing service expects it: see ``outbox.stream_spec``).
+    stream: str = DEFAULT_STREAM
+    #: ``max_age`` in seconds of a stream billing creates (never a count limit).
+    stream_max_age: float = DEFAULT_STREAM_MAX_AGE
     #: Durable consumer name: the server remembers what this name has acknowledged.
     durable: str = "billing"
     create_stream: bool = True
@@ -193,7 +202,13 @@ class BillingConfig:
         for name in ("batch_size", "max_ack_pending", "max_deliveries"):
             if getattr(self, name) < 1:
                 raise BillingConfigError(f"{name.replace('_', ' ')} must be at least 1")
-        for name in ("ack_wait", "fetch_timeout", "retry_delay", "connect_timeout"):
+        for name in (
+            "ack_wait",
+            "fetch_timeout",
+            "retry_delay",
+            "connect_timeout",
+            "stream_max_age",
+        ):
             if not getattr(self, name) > 0:
                 raise BillingConfigError(f"{name.replace('_', ' ')} must be positive")
         if self.max_ack_pending < self.batch_size:

@@ -6,11 +6,11 @@ The loop, top to bottom::
     step():     fetch a batch -> process(batch)
     process():  decode each -> apply all in ONE transaction -> commit -> ack / term / nak
 
-Exactly-once in effect: ``billing_records`` is unique on ``event_id`` and is written in the
-same transaction as the debit and the wallet update, and the messages are acknowledged
-only after that transaction commits. A crash before the commit loses nothing (the server
-redelivers); a crash after the commit and before the acks makes the server redeliver
-events that the inbox then recognises: acked, nothing changed.
+Exactly-once in effect: ``billing_records`` is unique on the de-duplication key and is
+written in the same transaction as the debit and the wallet update, and the messages are
+acknowledged only after that transaction commits. A crash before the commit loses nothing
+(the server redelivers); a crash after the commit and before the acks makes the server
+redeliver events that the inbox then recognises: acked, nothing changed.
 
 Per message:
 

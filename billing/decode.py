@@ -14,6 +14,9 @@ one-line reason that ``rejected_events`` keeps.
   number, whole for tokens, at most ``pricing.MAX_USAGE_AMOUNT``), ``unit_type``
   (``"token"`` or ``"request"``), ``usage_details`` (an object) and ``timestamp``
   (ISO 8601 with a UTC offset). Other fields are allowed: the contract may grow.
+* Optional ``idempotency_key`` (contract 1.1; the same rules as the ids): the key billing
+  de-duplicates on when present, else ``event_id``, as the platform's real billing does,
+  so the two billings agree on what "the same event" is.
 """
 
 from __future__ import annotations
@@ -54,6 +57,13 @@ class UsageRecord:
     #: The usage time from the payload, as an aware UTC datetime.
     timestamp: datetime
     usage_details: dict[str, Any]
+    #: The producer's de-duplication key (contract 1.1), when the payload has one.
+    idempotency_key: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What makes two deliveries "the same event": ``idempotency_key``, else ``event_id``."""
+        return self.idempotency_key if self.idempotency_key is not None else self.event_id
 
 
 def _refuse_constant(name: str) -> Any:
@@ -175,6 +185,9 @@ def decode_usage_event(data: bytes) -> UsageRecord:
             unit_type=unit_type,
             timestamp=_timestamp(document),
             usage_details=details,
+            idempotency_key=(
+                _text(document, "idempotency_key") if "idempotency_key" in document else None
+            ),
         )
     except InvalidPayload as exc:
         # Keep the id with the rejection when it is a usable one: it helps find the event.

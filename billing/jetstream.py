@@ -1,11 +1,12 @@
 """The JetStream side of billing: the stream it reads and its durable pull consumer.
 
-* The stream: the one named in the configuration (default ``USAGE``) when it exists; else
-  another stream that already captures the usage subjects (an operator's naming, as the
-  shipper also adopts); else, when allowed, billing creates it as the shipper would
-  (file storage, subjects ``billing.usage.recorded.*``, a 10-minute de-duplication
-  window), so the consumer can start before the first shipper. Creating races with a
-  shipper doing the same are settled by taking whichever stream won.
+* The stream: the one named in the configuration (default ``billing-stream``) when it
+  exists; else another stream that already captures the usage subjects (an operator's
+  naming, as the shipper also adopts); else, when allowed, billing creates it as the
+  shipper would (``outbox.stream_spec``: file storage, subjects ``billing.>``, a
+  ``max_age`` and no count limit, a 10-minute de-duplication window), so the consumer can
+  start before the first shipper. Creating races with a shipper doing the same are
+  settled by taking whichever stream won.
 * The consumer: durable (the server remembers acknowledgements across restarts of either
   side), explicit acks, ``max_ack_pending`` bounding what is in flight, ``ack_wait``
   before a redelivery, unlimited deliveries (billing parks a poison message itself,
@@ -29,8 +30,9 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from billing.config import FILTER_SUBJECT, STREAM_SUBJECT, BillingConfig
+from billing.config import FILTER_SUBJECT, BillingConfig
 from billing.errors import BillingError
+from outbox.stream_spec import DEFAULT_STREAM_SUBJECTS, OWN_SUBJECTS, USAGE_SUBJECTS, captures
 
 logger = logging.getLogger("billing.jetstream")
 
@@ -43,10 +45,9 @@ class StreamUnavailable(BillingError):
 
 
 def _captures(info: StreamInfo) -> bool:
-    subjects = info.config.subjects or []
-    return any(
-        s in (STREAM_SUBJECT, "billing.usage.recorded.>", "billing.>", ">") for s in subjects
-    )
+    # The shipper's rule: a stream with the one-token usage subjects will do (the
+    # shipper warns when it lacks the multi-token ones of other producers).
+    return captures(info.config.subjects, OWN_SUBJECTS)
 
 
 async def find_stream(js: JetStreamContext, config: BillingConfig) -> str | None:
@@ -57,7 +58,7 @@ async def find_stream(js: JetStreamContext, config: BillingConfig) -> str | None
     except NotFoundError:
         pass
     try:
-        other = await js.find_stream_name_by_subject(STREAM_SUBJECT)
+        other = await js.find_stream_name_by_subject(OWN_SUBJECTS)
     except NotFoundError:
         return None
     if other and _captures(await js.stream_info(other)):
@@ -76,16 +77,17 @@ async def ensure_stream(js: JetStreamContext, config: BillingConfig) -> str:
         return name
     if not config.create_stream:
         raise StreamUnavailable(
-            f"no stream captures {STREAM_SUBJECT!r} yet (stream {config.stream!r}) "
+            f"no stream captures {USAGE_SUBJECTS!r} yet (stream {config.stream!r}) "
             "and stream creation is off"
         )
     try:
         await js.add_stream(
             StreamConfig(
                 name=config.stream,
-                subjects=[STREAM_SUBJECT],
+                subjects=list(DEFAULT_STREAM_SUBJECTS),
                 storage=StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_SECONDS,
+                max_age=config.stream_max_age,
             )
         )
         logger.info("created stream %s", config.stream, extra={"action": "stream_created"})

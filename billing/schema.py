@@ -1,7 +1,10 @@
 """Billing's tables, as SQLAlchemy Core objects (created by ``billing/migrations``).
 
-* ``billing_records``: one row per usage event, unique on ``event_id``. This is the inbox:
-  inserting the row is what makes an event "seen", in the same transaction as its money.
+* ``billing_records``: one row per usage event, unique on ``idempotency_key`` (the
+  payload's, else its ``event_id``: what the platform's real billing de-duplicates on) and
+  on ``event_id`` (the ledger refers to it). This is the inbox: inserting the row is what
+  makes an event "seen", in the same transaction as its money. A message whose key is new
+  but whose ``event_id`` is known counts as a duplicate: never a second charge.
   ``state`` is ``billed`` (``charge`` and ``unit_price`` set) or ``unpriced`` (no price
   for the product and unit type when it arrived: kept, visible, not charged).
 * ``wallets``: one balance per user, created at 0 on the user's first event.
@@ -72,6 +75,13 @@ billing_records = sa.Table(
     sa.Column("event_time", sa.DateTime(), nullable=False, comment="payload timestamp, UTC"),
     sa.Column("received_at", sa.DateTime(), nullable=False, comment="commit time, UTC"),
     sa.Column("stream_seq", sa.BigInteger(), nullable=True, comment="JetStream sequence"),
+    sa.Column(
+        "idempotency_key",
+        sa.String(255),
+        nullable=False,
+        unique=True,
+        comment="the de-duplication key: idempotency_key, else event_id",
+    ),
     sa.CheckConstraint(
         "(state = 'billed' AND charge IS NOT NULL AND unit_price IS NOT NULL)"
         " OR (state = 'unpriced' AND charge IS NULL AND unit_price IS NULL)",

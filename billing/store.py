@@ -3,9 +3,10 @@
 The heart is :func:`apply_batch`: a batch of decoded deliveries applied inside the
 caller's transaction with a handful of set-based statements:
 
-1. ``INSERT INTO billing_records ... ON CONFLICT (event_id) DO NOTHING RETURNING event_id``:
-   the inbox. Only the events that come back are new; every other one is a duplicate and
-   changes nothing below. Two consumers racing on one event are settled here too.
+1. ``INSERT INTO billing_records ... ON CONFLICT DO NOTHING RETURNING idempotency_key``:
+   the inbox, keyed on ``UsageRecord.key`` (the payload's ``idempotency_key``, else its
+   ``event_id``). Only the events that come back are new; every other one is a duplicate
+   and changes nothing below. Two consumers racing on one event are settled here too.
 2. ``INSERT INTO wallets ... ON CONFLICT (user_id) DO UPDATE SET balance = balance + delta``
    once per user of the batch (in user order, so two PostgreSQL consumers lock wallets in
    the same order and cannot deadlock).
@@ -54,7 +55,7 @@ _CHUNK = 500
 class Outcome(enum.StrEnum):
     BILLED = "billed"  # new event, priced: recorded, debited
     UNPRICED = "unpriced"  # new event, no price: recorded with charge NULL, not debited
-    DUPLICATE = "duplicate"  # event_id already recorded: nothing changed
+    DUPLICATE = "duplicate"  # key (or event_id) already recorded: nothing changed
     REJECTED = "rejected"  # not JSON / breaks the contract: kept in rejected_events
     RETRY = "retry"  # could not be stored (database problem): redelivered later
 
@@ -128,14 +129,14 @@ async def apply_batch(
     now = _naive_utc(now) if now else utcnow()
     outcomes: list[Outcome | None] = [None] * len(items)
 
-    # The first copy of an event_id in the batch is the candidate; later copies are dupes.
+    # The first copy of a key in the batch is the candidate; later copies are dupes.
     candidates: dict[str, int] = {}
     for index, item in enumerate(items):
         if isinstance(item, Usage):
-            if item.record.event_id in candidates:
+            if item.record.key in candidates:
                 outcomes[index] = Outcome.DUPLICATE
             else:
-                candidates[item.record.event_id] = index
+                candidates[item.record.key] = index
 
     products = {item.record.product_id for item in items if isinstance(item, Usage)}
     price_of = await _prices_for(conn, products)
@@ -143,10 +144,11 @@ async def apply_batch(
         (i, item) for i, item in enumerate(items) if isinstance(item, Rejection)
     ]
     record_rows: list[dict[str, Any]] = []
-    for event_id, index in candidates.items():
+    for key, index in candidates.items():
         usage = items[index]
         assert isinstance(usage, Usage)
         record = usage.record
+        event_id = record.event_id
         unit_price = price_of.get((record.product_id, record.unit_type))
         charge: Decimal | None = None
         if unit_price is not None:
@@ -169,18 +171,19 @@ async def apply_batch(
                 "event_time": _naive_utc(record.timestamp),
                 "received_at": now,
                 "stream_seq": usage.delivery.stream_seq,
+                "idempotency_key": key,
             }
         )
 
-    # In event_id order: two PostgreSQL consumers inserting overlapping batches then wait
+    # In key order: two PostgreSQL consumers inserting overlapping batches then wait
     # on each other's unique-index entries in the same order and cannot deadlock.
-    record_rows.sort(key=lambda row: str(row["event_id"]))
+    record_rows.sort(key=lambda row: str(row["idempotency_key"]))
     inserted = await _insert_records(conn, record_rows)
     deltas: dict[str, Decimal] = {}
     debits: list[dict[str, Any]] = []
     for row in record_rows:
-        index = candidates[row["event_id"]]
-        if row["event_id"] not in inserted:
+        index = candidates[row["idempotency_key"]]
+        if row["idempotency_key"] not in inserted:
             outcomes[index] = Outcome.DUPLICATE
             continue
         user = row["user_id"]
@@ -233,8 +236,9 @@ async def _insert_records(conn: AsyncConnection, rows: Sequence[dict[str, Any]])
         statement = (
             _insert(conn, billing_records)
             .values(list(chunk))
-            .on_conflict_do_nothing(index_elements=[billing_records.c.event_id])
-            .returning(billing_records.c.event_id)
+            # No conflict target: a clash on the key or on event_id is a duplicate alike.
+            .on_conflict_do_nothing()
+            .returning(billing_records.c.idempotency_key)
         )
         inserted.update(await conn.scalars(statement))
     return inserted

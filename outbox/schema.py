@@ -88,5 +88,16 @@ lease_table = sa.Table(
     sa.Column("in_flight_to", sa.BigInteger(), nullable=True),
 )
 
+# What the shipper wants an operator to see and cannot say in a log line alone: a stream
+# whose limits can discard unread events, the problem it is waiting out. One row per
+# topic; `usage-shipper status` prints them, reading only (it works on a read-only file).
+notes_table = sa.Table(
+    "usage_outbox_notes",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("text", sa.Text(), nullable=False),
+    sa.Column("since", sa.Double(), nullable=False, comment="first put with this text, Unix s"),
+)
+
 #: alembic's version table for this project's history, apart from a host service's own.
 VERSION_TABLE: Final = "usage_outbox_alembic_version"

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from outbox.contract import EVENT_TYPE, UsageEvent
 from outbox.driver_sql import fetch_all
-from outbox.schema import DEAD, PENDING, SENT, lease_table, outbox_table
+from outbox.schema import DEAD, PENDING, SENT, lease_table, notes_table, outbox_table
 
 _t = outbox_table.c
 
@@ -420,6 +420,35 @@ async def drop_lease(conn: AsyncConnection, *, name: str, owner: str) -> None:
     await conn.execute(
         sa.delete(lease_table).where(lease_table.c.name == name, lease_table.c.owner == owner)
     )
+
+
+# -- notes: what the shipper tells `usage-shipper status` ---------------------------------
+
+
+async def put_note(conn: AsyncConnection, name: str, text: str, *, now: float) -> None:
+    """Set note ``name`` to ``text``; ``since`` stays when the text is unchanged."""
+    n = notes_table.c
+    changed = await conn.execute(
+        sa.update(notes_table).where(n.name == name, n.text != text).values(text=text, since=now)
+    )
+    if changed.rowcount:
+        return
+    try:
+        async with conn.begin_nested():
+            await conn.execute(sa.insert(notes_table).values(name=name, text=text, since=now))
+    except IntegrityError:
+        pass  # already there with this text
+
+
+async def clear_note(conn: AsyncConnection, name: str) -> None:
+    await conn.execute(sa.delete(notes_table).where(notes_table.c.name == name))
+
+
+async def read_notes(conn: AsyncConnection) -> dict[str, tuple[str, float]]:
+    """Every note: name -> (text, since in Unix seconds)."""
+    n = notes_table.c
+    result = await conn.execute(sa.select(n.name, n.text, n.since).order_by(n.name))
+    return {name: (text, since) for name, text, since in result}
 
 
 # -- file space (SQLite only) ------------------------------------------------------------

@@ -24,6 +24,7 @@ from outbox import store
 from outbox.errors import ConfigError, OutboxError
 from outbox.service import DEFAULT_PATH, resolve_url
 from outbox.sqlite import create_outbox_engine
+from outbox.stream_spec import DEFAULT_STREAM, STREAM_ENV, STREAM_MAX_AGE_ENV
 from shipper.config import ShipperConfig
 from shipper.logs import configure_logging
 from shipper.signals import stop_on_signals
@@ -137,7 +138,9 @@ OPTIONS: tuple[Option, ...] = (
         str,
         "Consul service name of NATS (default nats)",
     ),
-    Option("--stream", "USAGE_STREAM", "stream", str, "JetStream stream name (default USAGE)"),
+    Option(
+        "--stream", STREAM_ENV, "stream", str, f"JetStream stream name (default {DEFAULT_STREAM})"
+    ),
     Option(
         "--create-stream",
         "USAGE_CREATE_STREAM",
@@ -151,6 +154,14 @@ OPTIONS: tuple[Option, ...] = (
         "duplicate_window",
         float,
         "de-duplication window of a created stream, seconds (default 600)",
+    ),
+    Option(
+        "--stream-max-age",
+        STREAM_MAX_AGE_ENV,
+        "stream_max_age",
+        float,
+        "max_age in seconds of a created stream, and the shortest of an adopted one that is "
+        "not warned about (default 2592000, 30 days)",
     ),
     Option(
         "--replicas",
@@ -421,6 +432,13 @@ async def _status(url: str) -> None:
         if current.sent:
             print(f"sent (kept)         {current.sent}")
         print(f"last error          {current.last_error or '-'}")
+        try:
+            notes = await store.read_notes(conn)
+        except SQLAlchemyError:  # an outbox no shipper has upgraded to revision 0003 yet
+            notes = {}
+        for name, (text, since) in notes.items():
+            moment = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+            print(f"{name.replace('_', ' '):<19} {text} (since {moment})")
 
     await _with_store(url, show)
 

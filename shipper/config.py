@@ -17,10 +17,9 @@ from sqlalchemy.exc import ArgumentError
 
 from outbox.errors import ConfigError
 from outbox.service import DEFAULT_PATH, resolve_url
-from outbox.subject import SUBJECT_PREFIX
+from outbox.stream_spec import DEFAULT_STREAM, DEFAULT_STREAM_MAX_AGE
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
-STREAM_SUBJECT = f"{SUBJECT_PREFIX}.*"
 
 
 def redact_url(url: str) -> str:
@@ -62,9 +61,12 @@ class ShipperConfig:
     consul_service: str = "nats"
     consul_timeout: float = 2.0
     # the stream
-    stream: str = "USAGE"
+    stream: str = DEFAULT_STREAM
     create_stream: bool = True
     duplicate_window: float = 600.0
+    # max_age of a created stream, and the shortest max_age of an adopted one that is not
+    # warned about (a shorter one can delete events billing has not read yet)
+    stream_max_age: float = DEFAULT_STREAM_MAX_AGE
     replicas: int = 1
     # the loop
     batch_size: int = 1000
@@ -149,6 +151,7 @@ class ShipperConfig:
             "connect_timeout",
             "consul_timeout",
             "replicas",
+            "stream_max_age",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -162,6 +165,8 @@ class ShipperConfig:
             raise ConfigError(f"cleanup batch must be positive, got {self.cleanup_batch}")
         if self.duplicate_window < 0.1:
             raise ConfigError("duplicate window must be at least 0.1 s")
+        if self.duplicate_window > self.stream_max_age:
+            raise ConfigError("duplicate window must not be longer than the stream max age")
         if not 1 <= self.consul_port <= 65535:
             raise ConfigError(f"consul port {self.consul_port} is out of range")
         if self.consul_scheme not in ("http", "https"):

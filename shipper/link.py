@@ -24,7 +24,7 @@ from shipper.errors import ConfigError, TransientError
 from shipper.metrics import ShipperMetrics
 from shipper.publisher import Publisher
 from shipper.stats import ShipperStats
-from shipper.stream import ensure_stream
+from shipper.stream import StreamChoice, ensure_stream
 
 logger = logging.getLogger("shipper")
 
@@ -47,6 +47,8 @@ class JetStreamLink:
         self._closed = asyncio.Event()  # set by the connection's callbacks, or by close()
         self._publisher: Publisher | None = None
         self._stream_ready = False  # ensure_stream succeeded on the current connection
+        #: The stream last checked, with what about it can lose events (None before).
+        self.stream: StreamChoice | None = None
         self._stop_deadline: float | None = None
 
     @property
@@ -80,8 +82,11 @@ class JetStreamLink:
                 # The stream may have been deleted under a live connection. Check (and,
                 # if allowed, create) it again before claiming.
                 try:
-                    await ensure_stream(
-                        self._client.jetstream(timeout=self.config.publish_timeout), self.config
+                    self._chose(
+                        await ensure_stream(
+                            self._client.jetstream(timeout=self.config.publish_timeout),
+                            self.config,
+                        )
                     )
                 except ConfigError:
                     raise
@@ -108,7 +113,7 @@ class JetStreamLink:
         self._client = client
         try:
             js = client.jetstream(timeout=self.config.publish_timeout)
-            stream = await ensure_stream(js, self.config)
+            choice = await ensure_stream(js, self.config)
             publisher = Publisher(
                 client,
                 timeout=self.config.publish_timeout,
@@ -123,8 +128,15 @@ class JetStreamLink:
         self._publisher = publisher
         self._stream_ready = True
         self.stats.connections += 1
-        self.metrics.connected(client, stream)
-        logger.info("shipping to stream %s", stream, extra={"action": "ready", "stream": stream})
+        self.metrics.connected(client, choice.name)
+        self._chose(choice)
+        logger.info(
+            "shipping to stream %s", choice.name, extra={"action": "ready", "stream": choice.name}
+        )
+
+    def _chose(self, choice: StreamChoice) -> None:
+        self.stream = choice
+        self.metrics.stream_risks(choice.risks)
 
     async def _unless_stopped(self, connecting: Coroutine[Any, Any, Client]) -> Client:
         """Await ``connecting`` unless a stop comes first. nats-py's first connect retries

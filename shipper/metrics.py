@@ -39,7 +39,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from nats.aio.client import Client
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -154,6 +154,9 @@ class ShipperMetrics:
     def connected(self, client: Client, stream: str) -> None:
         """A new NATS connection, bound to ``stream``, is ready to publish."""
 
+    def stream_risks(self, risks: Sequence[str]) -> None:
+        """The stream was (re)checked: ``risks`` name what can lose events (none: empty)."""
+
     def published(
         self, batch: PublishedBatch, results: Sequence[Result], *, now: float, seconds: float
     ) -> None:
@@ -211,6 +214,14 @@ class PrometheusShipperMetrics(ShipperMetrics):
             "Failed reads of the outbox counts (the gauges keep their last values)",
             registry=r,
         )
+        self.stream_risk = Gauge(
+            "usage_shipper_stream_discard_risk",
+            "1 for each way the stream in use can lose usage events: a limit that discards "
+            "unread messages (max_msgs, max_bytes, max_msgs_per_subject, max_age), or "
+            "subjects that do not capture multi-token usage subjects",
+            ["limit"],
+            registry=r,
+        )
         for outcome in ("new", "duplicate"):
             self.events_published.labels(outcome)
         for kind in ("unreachable", "retry", "rejected", "refused", "connection"):
@@ -251,6 +262,11 @@ class PrometheusShipperMetrics(ShipperMetrics):
             self._past_reconnects += self._client.stats["reconnects"]
         self._client, self._stream = client, stream
         self.connections.inc()
+
+    def stream_risks(self, risks: Sequence[str]) -> None:
+        self.stream_risk.clear()
+        for risk in risks:
+            self.stream_risk.labels(risk).set(1)
 
     def published(
         self, batch: PublishedBatch, results: Sequence[Result], *, now: float, seconds: float

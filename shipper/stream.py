@@ -1,102 +1,198 @@
 """Making sure a JetStream stream captures the usage subjects, without overruling operators.
 
-An existing stream is adopted when it captures ``billing.usage.recorded.*``; when the one
-named in the configuration exists but does not, the shipper refuses to start and says
-what is wrong, rather than rewriting a stream an operator configured.
+An existing stream is adopted when it captures the shipper's subjects
+(``billing.usage.recorded.*``); when the one named in the configuration exists but does
+not, the shipper refuses to start and says what is wrong, rather than rewriting a stream an
+operator configured. When none exists the shipper creates the stream the platform's real
+billing expects (``outbox.stream_spec``: ``billing-stream`` on ``billing.>``, file storage,
+a ``max_age`` and no count limit), so billing can start before or after it.
+
+An adopted stream is checked for two ways of losing events without an error, each said
+once in a warning and kept in :attr:`StreamChoice.risks` (status and metrics show them):
+limits that discard the oldest messages whether or not billing has read them, and
+subjects that capture only one token (other producers publish on two).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig, StreamInfo
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from shipper.config import STREAM_SUBJECT, ShipperConfig
+from outbox.stream_spec import (
+    DEFAULT_STREAM_SUBJECTS,
+    OWN_SUBJECTS,
+    USAGE_SUBJECTS,
+    captures,
+    subject_covers,
+    subjects_collide,
+)
+from shipper.config import ShipperConfig
 from shipper.errors import StreamMismatch
+
+__all__ = [
+    "STREAM_RISK_NOTE",
+    "StreamChoice",
+    "discard_risks",
+    "ensure_stream",
+    "subject_covers",
+    "subjects_collide",
+]
 
 logger = logging.getLogger("shipper.stream")
 
-
-def subject_covers(pattern: str, subject: str) -> bool:
-    """Whether stream subject ``pattern`` captures every subject matched by ``subject``
-    (both may hold ``*`` and ``>`` wildcards)."""
-    have, want = pattern.split("."), subject.split(".")
-    for i, token in enumerate(have):
-        if token == ">":
-            return len(want) > i
-        if i >= len(want):
-            return False
-        if token != "*" and token != want[i]:
-            return False
-        if token == "*" and want[i] == ">":
-            return False
-    return len(have) == len(want)
+#: The outbox note (``outbox.store.put_note``) that carries :attr:`StreamChoice.risk_text`.
+STREAM_RISK_NOTE = "stream_risk"
 
 
-def _captures(info: StreamInfo) -> bool:
-    return any(subject_covers(p, STREAM_SUBJECT) for p in info.config.subjects or [])
+@dataclass(frozen=True, slots=True)
+class StreamChoice:
+    """The stream the shipper publishes to, and what about it can lose events."""
+
+    name: str
+    created: bool
+    #: Limit names (``max_msgs``, ``max_bytes``, ``max_msgs_per_subject``, ``max_age``)
+    #: that can discard unread messages, and ``subjects`` when multi-token usage subjects
+    #: are not captured. Empty when nothing was found.
+    risks: tuple[str, ...] = ()
+    #: One sentence for people: what the risks are and what to do; "" when none.
+    risk_text: str = ""
 
 
-async def ensure_stream(js: JetStreamContext, config: ShipperConfig) -> str:
-    """Return the name of the stream that captures the usage subjects, creating it if
-    allowed. Raise :class:`StreamMismatch` with the reason when it cannot be used."""
+def _unlimited(value: int | float | None) -> bool:
+    return value is None or value <= 0
+
+
+def discard_risks(config: StreamConfig, *, min_age: float) -> dict[str, str]:
+    """The limits of ``config`` that can delete messages nobody has read yet, each with
+    its value as text. Only ``limits`` retention with ``discard old`` deletes: with
+    ``discard new`` a full stream refuses the publish and the event stays in the outbox.
+    A ``max_age`` counts when it is shorter than ``min_age`` (the retention the shipper
+    itself would give a stream)."""
+    retention = config.retention or RetentionPolicy.LIMITS
+    discard = config.discard or DiscardPolicy.OLD
+    if retention != RetentionPolicy.LIMITS or discard != DiscardPolicy.OLD:
+        return {}
+    found: dict[str, str] = {}
+    for limit in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
+        value = getattr(config, limit)
+        if not _unlimited(value):
+            found[limit] = str(value)
+    if not _unlimited(config.max_age) and (config.max_age or 0) < min_age:
+        found["max_age"] = f"{config.max_age:.0f}s"
+    return found
+
+
+def _assess(info: StreamInfo, config: ShipperConfig, *, created: bool) -> StreamChoice:
+    limits = discard_risks(info.config, min_age=config.stream_max_age)
+    problems: list[str] = []
+    if limits:
+        shown = ", ".join(f"{k}={v}" for k, v in limits.items())
+        problems.append(
+            f"its limits ({shown}, discard old) delete the oldest messages when reached, "
+            "read by billing or not; raise or remove them, or set discard new"
+        )
+    risks = list(limits)
+    if not captures(info.config.subjects, USAGE_SUBJECTS):
+        risks.append("subjects")
+        problems.append(
+            f"its subjects {info.config.subjects} do not capture {USAGE_SUBJECTS!r}: usage "
+            "that other producers publish on two-token subjects is not stored; add it"
+        )
+    text = f"stream {info.config.name!r} can lose usage events: " + "; ".join(problems)
+    return StreamChoice(
+        name=info.config.name or "",
+        created=created,
+        risks=tuple(risks),
+        risk_text=text if problems else "",
+    )
+
+
+async def _existing(js: JetStreamContext, config: ShipperConfig) -> StreamInfo | None:
+    """The stream to adopt: the one named in the configuration, else another that
+    captures the shipper's subjects (an operator's naming); None when there is none."""
     try:
         info = await js.stream_info(config.stream)
     except NotFoundError:
         info = None
     if info is not None:
-        if not _captures(info):
+        if not captures(info.config.subjects, OWN_SUBJECTS):
             raise StreamMismatch(
                 f"stream {config.stream!r} exists with subjects {info.config.subjects}, "
-                f"which do not capture {STREAM_SUBJECT!r}; add the subject or name another "
+                f"which do not capture {USAGE_SUBJECTS!r}; add the subject or name another "
                 "stream with --stream"
             )
-        _warn_on_dedupe_window(info, config)
-        return config.stream
+        return info
     try:
-        # Another stream may already capture the subjects (an operator's naming).
-        other = await js.find_stream_name_by_subject(STREAM_SUBJECT)
+        other = await js.find_stream_name_by_subject(OWN_SUBJECTS)
     except NotFoundError:
-        other = None
+        return None
     if other:
         info = await js.stream_info(other)
-        if _captures(info):
+        if captures(info.config.subjects, OWN_SUBJECTS):
             logger.info("adopting existing stream %s", other, extra={"action": "stream_adopted"})
-            _warn_on_dedupe_window(info, config)
-            return other
+            return info
+    return None
+
+
+async def ensure_stream(js: JetStreamContext, config: ShipperConfig) -> StreamChoice:
+    """Return the stream that captures the usage subjects, creating it if allowed.
+    Raise :class:`StreamMismatch` with the reason when it cannot be used."""
+    info = await _existing(js, config)
+    if info is not None:
+        return _adopted(info, config)
     if not config.create_stream:
         raise StreamMismatch(
-            f"no stream captures {STREAM_SUBJECT!r} and --no-create-stream was given"
+            f"no stream captures {USAGE_SUBJECTS!r} and --no-create-stream was given"
         )
+    subjects = list(DEFAULT_STREAM_SUBJECTS)
     try:
-        await js.add_stream(
+        info = await js.add_stream(
             StreamConfig(
                 name=config.stream,
-                subjects=[STREAM_SUBJECT],
+                subjects=subjects,
                 storage=StorageType.FILE,
                 num_replicas=config.replicas,
                 duplicate_window=config.duplicate_window,
+                max_age=config.stream_max_age,
             )
         )
     except APIError as exc:
         if isinstance(exc, ServiceUnavailableError) or exc.code not in (400, 500):
             raise  # no JetStream leader yet, or the like: worth a retry
+        # Billing (or another shipper) may have created it meanwhile: use whatever won.
+        info = await _existing(js, config)
+        if info is not None:
+            return _adopted(info, config)
         # A refusal of the request itself (subjects overlapping an operator's stream,
         # replicas the deployment cannot hold...): retrying cannot fix it, an operator can.
         raise StreamMismatch(
-            f"cannot create stream {config.stream!r} on {STREAM_SUBJECT!r}: "
+            f"cannot create stream {config.stream!r} on {subjects}: "
             f"{exc.description} (JetStream {exc.code}/{exc.err_code})"
             f"{await _overlapping(js)}"
         ) from exc
     logger.info(
         "created stream %s on %s",
         config.stream,
-        STREAM_SUBJECT,
+        ", ".join(subjects),
         extra={"action": "stream_created"},
     )
-    return config.stream
+    return _assess(info, config, created=True)
+
+
+def _adopted(info: StreamInfo, config: ShipperConfig) -> StreamChoice:
+    _warn_on_dedupe_window(info, config)
+    choice = _assess(info, config, created=False)
+    if choice.risk_text:
+        logger.warning(
+            "%s",
+            choice.risk_text,
+            extra={"action": "stream_discard_risk", "risks": list(choice.risks)},
+        )
+    return choice
 
 
 async def _overlapping(js: JetStreamContext) -> str:
@@ -108,20 +204,13 @@ async def _overlapping(js: JetStreamContext) -> str:
     clashes = [
         f"stream {info.config.name!r} holds {info.config.subjects}"
         for info in streams
-        if any(subjects_collide(p, STREAM_SUBJECT) for p in info.config.subjects or [])
+        if any(
+            subjects_collide(p, s)
+            for p in info.config.subjects or []
+            for s in DEFAULT_STREAM_SUBJECTS
+        )
     ]
     return "; " + ", ".join(clashes) if clashes else ""
-
-
-def subjects_collide(a: str, b: str) -> bool:
-    """Whether some subject matches both patterns ``a`` and ``b``."""
-    left, right = a.split("."), b.split(".")
-    for x, y in zip(left, right, strict=False):
-        if ">" in (x, y):
-            return True
-        if x != y and "*" not in (x, y):
-            return False
-    return len(left) == len(right)
 
 
 def _warn_on_dedupe_window(info: StreamInfo, config: ShipperConfig) -> None:

@@ -39,6 +39,7 @@ from shipper.publisher import Outcome
 from shipper.rows import Refusal, to_message
 from shipper.signals import sleep_unless_stopped
 from shipper.stats import ShipperStats
+from shipper.stream import STREAM_RISK_NOTE
 from shipper.tidy import TIDY_PAUSE, Tidier
 
 logger = logging.getLogger("shipper")
@@ -70,6 +71,7 @@ class Shipper:
         # Publish a batch while the one before waits for its acks only when both fit in
         # the in-flight window together.
         self._overlap = 2 * config.batch_size <= config.max_in_flight
+        self._noted_stream_risk: str | None = None  # None: not written by this run yet
 
     def __repr__(self) -> str:
         return f"<Shipper {self.owner} {self.stats}>"
@@ -171,6 +173,7 @@ class Shipper:
         if self._stop.is_set():
             return 0
         await self._link.ensure()
+        await self._note_stream()
         try:
             return await self.drain()
         except SQLAlchemyError as exc:
@@ -446,6 +449,19 @@ class Shipper:
             )
 
     # -- store, shutdown --------------------------------------------------------------
+
+    async def _note_stream(self) -> None:
+        """Tell ``usage-shipper status`` what can lose events on the stream, on change."""
+        choice = self._link.stream
+        text = choice.risk_text if choice is not None else ""
+        if text == self._noted_stream_risk:
+            return
+        async with self.engine.begin() as conn:
+            if text:
+                await store.put_note(conn, STREAM_RISK_NOTE, text, now=time.time())
+            else:
+                await store.clear_note(conn, STREAM_RISK_NOTE)
+        self._noted_stream_risk = text
 
     async def _open_store(self) -> None:
         if self._engine is None:

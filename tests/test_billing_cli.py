@@ -22,6 +22,7 @@ from billing.database import BillingDatabase
 from billing.decode import decode_usage_event
 from billing.errors import BillingConfigError
 from billing.store import Delivery, Rejection, Usage, apply_batch
+from outbox.stream_spec import DEFAULT_STREAM
 from tests.fixtures.billing import publish, usage_event, wait_until
 
 
@@ -46,11 +47,15 @@ def _seed(path: Path) -> None:
                 usage_event("bob", "dall-e", input_units=2),
             ]
             items: list[Usage | Rejection] = [
-                Usage(Delivery("USAGE", seq, e.subject), decode_usage_event(e.payload), e.payload)
+                Usage(
+                    Delivery(DEFAULT_STREAM, seq, e.subject),
+                    decode_usage_event(e.payload),
+                    e.payload,
+                )
                 for seq, e in enumerate(events, 1)
             ]
             items.append(
-                Rejection(Delivery("USAGE", 9, "billing.usage.recorded.x"), b"{", "bad JSON")
+                Rejection(Delivery(DEFAULT_STREAM, 9, "billing.usage.recorded.x"), b"{", "bad JSON")
             )
             async with db.engine.begin() as conn:
                 await apply_batch(conn, items)
@@ -207,7 +212,7 @@ async def test_run_consumes_until_sigterm_then_exits_cleanly(
 
         async def durable_exists() -> bool:
             try:
-                await jetstream.consumer_info("USAGE", "billing")
+                await jetstream.consumer_info(DEFAULT_STREAM, "billing")
                 return True
             except Exception:
                 return False
@@ -231,7 +236,7 @@ async def test_run_consumes_until_sigterm_then_exits_cleanly(
     output = log.read_text()
     assert code == 0, output
     assert "stopped: <BillingConsumer closed" in output
-    info = await jetstream.consumer_info("USAGE", "billing")
+    info = await jetstream.consumer_info(DEFAULT_STREAM, "billing")
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
 
 

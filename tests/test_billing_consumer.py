@@ -31,6 +31,7 @@ from billing.db import create_billing_engine
 from billing.schema import billing_records, rejected_events, wallet_transactions, wallets
 from billing.store import Outcome
 from outbox.contract import UsageEvent
+from outbox.stream_spec import DEFAULT_STREAM
 from shipper.natsserver import NatsServer
 from tests.fixtures.billing import (
     ConfigFactory,
@@ -401,8 +402,12 @@ async def test_the_consumer_can_start_first_and_creates_the_stream(
     consumer = make_consumer(config)
     await consumer.start()
     info = await jetstream.stream_info("BILLS")
-    assert info.config.subjects == ["billing.usage.recorded.*"]
+    # The stream the platform's billing service expects: everything under billing., kept
+    # for a time, never bounded by count (a count limit discards unread usage).
+    assert info.config.subjects == ["billing.>"]
     assert info.config.storage == StorageType.FILE
+    assert info.config.max_age == 30 * 24 * 3600
+    assert info.config.max_msgs in (None, -1)
     durable = await jetstream.consumer_info("BILLS", "billing-eu")
     assert durable.config.ack_policy == "explicit"
     assert durable.config.max_ack_pending == 300
@@ -439,10 +444,10 @@ async def test_without_stream_creation_the_consumer_waits_for_the_stream(
         await wait_until(lambda: consumer.state == "waiting_for_stream", what="waiting")
         assert not consumer.started
         with pytest.raises(NotFoundError):
-            await jetstream.stream_info("USAGE")  # it did not create one
+            await jetstream.stream_info(DEFAULT_STREAM)  # it did not create one
         # The shipper creates it, as it does on its first start.
         await jetstream.add_stream(
-            StreamConfig(name="USAGE", subjects=["billing.usage.recorded.*"])
+            StreamConfig(name=DEFAULT_STREAM, subjects=["billing.usage.recorded.*"])
         )
         event = usage_event()
         await publish(jetstream, event)

@@ -26,6 +26,7 @@ from nats.js.api import StorageType, StreamConfig
 
 from billing.config import BillingConfig
 from billing.consumer import BillingConsumer
+from outbox.stream_spec import DEFAULT_STREAM
 from shipper.natsserver import NatsServer
 from tests.certs import nats_conf, permissions
 from tests.fixtures.shipper import (
@@ -37,7 +38,7 @@ from tests.fixtures.shipper import (
 )
 
 EVENTS = 30
-STREAM = "USAGE"
+STREAM = DEFAULT_STREAM
 DURABLE = "billing"
 INBOX = "_INBOX.>"  # replies: PubAcks and JetStream API answers
 PUBLISH = "billing.usage.recorded.*"

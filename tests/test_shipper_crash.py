@@ -15,6 +15,7 @@ import pytest
 
 from outbox import store
 from outbox.sqlite import create_outbox_engine, sqlite_url
+from outbox.stream_spec import DEFAULT_STREAM
 from shipper import Shipper, ShipperConfig
 from shipper.batch import Batch, Settlement
 from shipper.lease import LEASE_NAME
@@ -73,7 +74,7 @@ async def test_crash_between_puback_and_delete_republishes_as_duplicates(
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream()
-        await js.add_stream(name="USAGE", subjects=["billing.usage.recorded.*"])
+        await js.add_stream(name=DEFAULT_STREAM, subjects=["billing.usage.recorded.*"])
         for row in rows[:8]:
             ack = await js.publish(
                 row["subject"],

@@ -16,6 +16,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from outbox import Outbox
+from outbox.stream_spec import DEFAULT_STREAM
 from shipper.cli import main
 from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
@@ -76,7 +77,9 @@ async def test_oversize_and_rejected_rows_go_dead_while_the_rest_ships_and_reque
     try:  # an operator's stream that refuses messages over 1200 bytes (a 400 per message)
         await nc.jetstream().add_stream(
             StreamConfig(
-                name="USAGE", subjects=["billing.usage.recorded.*"], max_msg_size=STREAM_MAX_MSG
+                name=DEFAULT_STREAM,
+                subjects=["billing.usage.recorded.*"],
+                max_msg_size=STREAM_MAX_MSG,
             )
         )
     finally:

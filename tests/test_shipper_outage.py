@@ -12,6 +12,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from outbox import Outbox
+from outbox.stream_spec import DEFAULT_STREAM
 from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     ShipperRunner,
@@ -169,13 +170,13 @@ async def test_no_stream_responder_holds_rows_without_burning_attempts(
     """The stream vanishes under a running shipper that may not create one (503, no
     responders): rows wait with no attempt counted, and ship once an operator puts a
     stream back."""
-    await jetstream.add_stream(name="USAGE", subjects=["billing.usage.recorded.*"])
+    await jetstream.add_stream(name=DEFAULT_STREAM, subjects=["billing.usage.recorded.*"])
     first = await write_events(outbox_path, 10)
     shipper, _task = run_shipper.start(
         shipper_config(outbox_path, nats_server.url, exit_when_idle=False, create_stream=False)
     )
     await wait_until(lambda: pending(outbox_path) == 0, message="first events shipped")
-    await jetstream.delete_stream("USAGE")
+    await jetstream.delete_stream(DEFAULT_STREAM)
     second = await write_events(outbox_path, 10)
     await wait_until(lambda: shipper.stats.released >= 10, message="rows handed back")
     await wait_until(lambda: "not stored" in (shipper.stats.last_error or ""), message="why")
@@ -183,7 +184,7 @@ async def test_no_stream_responder_holds_rows_without_burning_attempts(
     assert {row["attempts"] for row in outbox_rows(outbox_path)} == {0}
     assert shipper.stats.retried == 0 and shipper.stats.dead == 0
 
-    await jetstream.add_stream(name="USAGE", subjects=["billing.usage.recorded.*"])
+    await jetstream.add_stream(name=DEFAULT_STREAM, subjects=["billing.usage.recorded.*"])
     await wait_until(lambda: pending(outbox_path) == 0, 10, message="shipped after the stream")
     assert Counter(msg_ids(await read_stream(nats_server.url))) == Counter(second)
     assert set(first).isdisjoint(msg_ids(await read_stream(nats_server.url)))
@@ -202,7 +203,7 @@ async def test_a_stream_deleted_under_a_running_shipper_is_created_again(
         shipper_config(outbox_path, nats_server.url, exit_when_idle=False)
     )
     await wait_until(lambda: pending(outbox_path) == 0, message="first events shipped")
-    await jetstream.delete_stream("USAGE")
+    await jetstream.delete_stream(DEFAULT_STREAM)
     second = await write_events(outbox_path, 10)
     await wait_until(lambda: pending(outbox_path) == 0, 10, message="shipped to a new stream")
     assert Counter(msg_ids(await read_stream(nats_server.url))) == Counter(second)

@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from outbox.stream_spec import DEFAULT_STREAM
 from shipper.errors import ConfigError, StreamMismatch
 from shipper.natsserver import NatsServer
 from shipper.stream import subject_covers, subjects_collide
@@ -68,10 +69,14 @@ async def test_the_stream_is_created_with_file_storage_and_the_configured_window
 ) -> None:
     await write_events(outbox_path, 3)
     await run_shipper.run(shipper_config(outbox_path, nats_server.url, duplicate_window=900))
-    info = await jetstream.stream_info("USAGE")
-    assert info.config.subjects == ["billing.usage.recorded.*"]
+    info = await jetstream.stream_info(DEFAULT_STREAM)
+    # The stream the platform's billing service asks for: it binds to billing-stream by
+    # name and publishes its own billing.calculated events into it.
+    assert info.config.subjects == ["billing.>"]
     assert info.config.storage == StorageType.FILE
     assert info.config.duplicate_window == 900
+    assert info.config.max_age == 30 * 24 * 3600
+    assert info.config.max_msgs in (None, -1)  # a count limit would discard unread usage
     assert info.state.messages == 3
 
 
@@ -93,7 +98,7 @@ async def test_an_operators_stream_that_captures_the_subjects_is_adopted(
     assert stats.published == 25
     assert set(msg_ids(await read_stream(nats_server.url, "OPS_BILLING"))) == set(ids)
     with pytest.raises(NotFoundError):
-        await jetstream.stream_info("USAGE")  # nothing of ours was created beside it
+        await jetstream.stream_info(DEFAULT_STREAM)  # nothing of ours was created beside it
     actions = [getattr(r, "action", "") for r in caplog.records]
     assert "stream_adopted" in actions
     assert "stream_dedupe_window_short" in actions  # 60 s < the 600 s asked for
@@ -105,14 +110,14 @@ async def test_the_named_stream_not_capturing_the_subjects_stops_the_shipper_at_
     jetstream: JetStreamContext,
     run_shipper: ShipperRunner,
 ) -> None:
-    await jetstream.add_stream(StreamConfig(name="USAGE", subjects=["usage.other.>"]))
+    await jetstream.add_stream(StreamConfig(name=DEFAULT_STREAM, subjects=["usage.other.>"]))
     await write_events(outbox_path, 10)
 
     with pytest.raises(StreamMismatch) as raised:
         await run_shipper.run(shipper_config(outbox_path, nats_server.url, exit_when_idle=False))
     message = str(raised.value)
-    assert "USAGE" in message and "usage.other.>" in message
-    assert "billing.usage.recorded.*" in message
+    assert DEFAULT_STREAM in message and "usage.other.>" in message
+    assert "billing.usage.recorded.>" in message
     assert outbox_counts(outbox_path) == {"pending": 10, "dead": 0}
 
     cli = run_cli(
@@ -120,10 +125,10 @@ async def test_the_named_stream_not_capturing_the_subjects_stops_the_shipper_at_
     )
     assert cli.returncode == 2
     last = cli.stderr.strip().splitlines()[-1]
-    assert last.startswith("usage-shipper: stream 'USAGE' exists")
+    assert last.startswith(f"usage-shipper: stream {DEFAULT_STREAM!r} exists")
     assert "Traceback" not in cli.stderr
     assert outbox_counts(outbox_path) == {"pending": 10, "dead": 0}
-    assert (await jetstream.stream_info("USAGE")).config.subjects == ["usage.other.>"]
+    assert (await jetstream.stream_info(DEFAULT_STREAM)).config.subjects == ["usage.other.>"]
 
 
 async def test_a_stream_taking_part_of_the_subjects_is_reported_not_retried_for_ever(

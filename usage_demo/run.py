@@ -40,6 +40,7 @@ from outbox import Outbox, create_outbox_engine, record_usage
 from outbox import migrate as outbox_migrate
 from outbox.errors import InvalidUsageEvent
 from outbox.schema import outbox_table
+from outbox.stream_spec import DEFAULT_STREAM
 from shipper.natsserver import NatsServer
 from usage_demo.traffic import (
     PRICES,
@@ -319,9 +320,9 @@ class Demo:
         client = await nats.connect(self.nats.url)
         try:
             js = client.jetstream()
-            info = await js.stream_info("USAGE")
+            info = await js.stream_info(DEFAULT_STREAM)
             for seq in range(info.state.first_seq, info.state.first_seq + count):
-                message = await js.get_msg("USAGE", seq)
+                message = await js.get_msg(DEFAULT_STREAM, seq)
                 headers = dict(message.headers or {})
                 headers["Nats-Msg-Id"] = f"replay-{headers.get('Nats-Msg-Id')}"
                 ack = await js.publish(message.subject, message.data, headers=headers)
@@ -342,7 +343,7 @@ class Demo:
             audit = await db.audit()
         client = await nats.connect(self.nats.url)
         try:
-            stream_messages = (await client.jetstream().stream_info("USAGE")).state.messages
+            stream_messages = (await client.jetstream().stream_info(DEFAULT_STREAM)).state.messages
         finally:
             await client.close()
         pending, dead = await self.pending_in_outbox()

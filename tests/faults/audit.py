@@ -34,6 +34,7 @@ from billing.database import BillingDatabase
 from billing.pricing import compute_charge, quantize_usage
 from outbox.schema import DEAD, PENDING, outbox_table
 from outbox.sqlite import create_outbox_engine
+from outbox.stream_spec import DEFAULT_STREAM
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,7 @@ class AuditReport:
         return "\n".join(lines)
 
 
-async def stream_event_ids(nats_url: str | list[str], stream: str = "USAGE") -> Counter[str]:
+async def stream_event_ids(nats_url: str | list[str], stream: str = DEFAULT_STREAM) -> Counter[str]:
     """How many messages in ``stream`` carry each ``event_id`` (read from the payloads)."""
     client = await nats.connect(servers=nats_url if isinstance(nats_url, list) else [nats_url])
     counts: Counter[str] = Counter()
@@ -182,7 +183,7 @@ async def run_audit(
     outbox_url: str,
     billing_url: str,
     prices: Mapping[tuple[str, str], str],
-    stream: str = "USAGE",
+    stream: str = DEFAULT_STREAM,
     expect_dead: set[str] | frozenset[str] = frozenset(),
     replays: int = 0,
 ) -> AuditReport:

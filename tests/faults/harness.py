@@ -55,6 +55,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from outbox.stream_spec import DEFAULT_STREAM
 from tests.faults.audit import AuditReport, Written, WrittenLog, load_written, run_audit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -531,7 +532,7 @@ class Workspace:
 
 
 def consumer_deliveries(
-    nats_url: str, stream: str = "USAGE", durable: str = "billing"
+    nats_url: str, stream: str = DEFAULT_STREAM, durable: str = "billing"
 ) -> tuple[int, int]:
     """(deliveries made, last stream sequence delivered) of billing's durable consumer:
     the difference is the number of redeliveries."""

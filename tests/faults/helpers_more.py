@@ -28,6 +28,7 @@ import nats
 import nats.errors
 from nats.js.api import StreamInfo
 
+from outbox.stream_spec import DEFAULT_STREAM
 from tests.faults.harness import SHIPPER_DEFAULTS, Proc, Workspace, _settings_env, clean_env
 
 
@@ -71,17 +72,17 @@ async def _stream_info(urls: Sequence[str], stream: str, wait: float) -> StreamI
 
 
 def stream_info(
-    urls: Sequence[str], stream: str = "USAGE", timeout: float = 1.0
+    urls: Sequence[str], stream: str = DEFAULT_STREAM, timeout: float = 1.0
 ) -> StreamInfo | None:
     return asyncio.run(_stream_info(urls, stream, timeout))
 
 
-def stream_messages(urls: Sequence[str], stream: str = "USAGE") -> int:
+def stream_messages(urls: Sequence[str], stream: str = DEFAULT_STREAM) -> int:
     info = stream_info(urls, stream)
     return 0 if info is None else int(info.state.messages)
 
 
-async def stream_messages_async(urls: Sequence[str], stream: str = "USAGE") -> int:
+async def stream_messages_async(urls: Sequence[str], stream: str = DEFAULT_STREAM) -> int:
     info = await _stream_info(urls, stream, 1.0)
     return 0 if info is None else int(info.state.messages)
 

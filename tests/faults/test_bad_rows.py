@@ -30,6 +30,7 @@ from nats.js.api import StorageType, StreamConfig
 
 from outbox import Outbox
 from outbox.contract import build_usage_event
+from outbox.stream_spec import DEFAULT_STREAM
 from shipper.natsserver import NatsServer
 from tests.faults.audit import WrittenLog
 from tests.faults.harness import (
@@ -89,7 +90,7 @@ async def _operator_stream(url: str) -> None:
     try:
         await nc.jetstream().add_stream(
             StreamConfig(
-                name="USAGE",
+                name=DEFAULT_STREAM,
                 subjects=["billing.usage.recorded.*"],
                 storage=StorageType.FILE,
                 max_msg_size=STREAM_MAX_MSG,

@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 
 from outbox.contract import build_usage_event
+from outbox.stream_spec import DEFAULT_STREAM
 from shipper.natsserver import NatsCluster
 from shipper.publisher import Message, Outcome, Publisher, classify
 from tests.consul_stub import ConsulStub
@@ -149,7 +150,7 @@ async def _r3_stream(urls: list[str]) -> NatsClient:
     nc = await nats.connect(servers=urls, connect_timeout=2)
     await nc.jetstream(timeout=10).add_stream(
         StreamConfig(
-            name="USAGE",
+            name=DEFAULT_STREAM,
             subjects=["billing.usage.recorded.*"],
             storage=StorageType.FILE,
             num_replicas=3,
@@ -238,7 +239,7 @@ async def test_in_process_409_from_a_clustered_stream_is_retried_not_dead_letter
             assert again.outcome is Outcome.DUPLICATE, again
         finally:
             await publisher.close()
-        info = await nc.jetstream().stream_info("USAGE")
+        info = await nc.jetstream().stream_info(DEFAULT_STREAM)
         assert info.state.messages == events  # one copy of each event
     finally:
         await nc.close()
@@ -256,7 +257,7 @@ def test_classify_409_in_process_shape_is_a_retry(tmp_path: Path) -> None:
 
     in_process = (
         b'{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in '
-        b'process"},"stream":"USAGE","seq":0}'
+        b'process"},"stream":DEFAULT_STREAM,"seq":0}'
     )
     for data in (in_process, in_process.replace(b'"code":409', b'"code":400')):
         verdict = classify(Reply(data))  # type: ignore[arg-type]
