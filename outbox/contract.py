@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from outbox.errors import InvalidUsageEvent
 from outbox.subject import MAX_TOKEN_LENGTH, SUBJECT_PREFIX, product_token
+from outbox.tracing import TraceContext, trace_context
 
 EVENT_TYPE: Final = "billing.usage.recorded"
 #: Default refusal threshold for one encoded payload. NATS's default ``max_payload`` is
@@ -37,6 +38,14 @@ MAX_TOKEN_COUNT: Final = 2**63 - 1
 #: written, shipped and then never billed.
 MAX_ID_LENGTH: Final = 255
 MAX_USAGE_AMOUNT: Final = 10**12
+
+#: Identifiers the platform's billing reads only at the payload's top level (contract 1.1),
+#: in the order they are written. Given as keywords, or lifted from ``metadata``.
+ID_FIELDS: Final = ("organization_id", "subscription_id", "session_id", "request_id", "agent_id")
+_ID_FIELD_SET: Final = frozenset(ID_FIELDS)
+#: ``idempotency_key`` is this prefix and the event id: the ``<producer>:<key>`` form of
+#: the platform's producer library, and what the real billing de-duplicates on.
+IDEMPOTENCY_PREFIX: Final = "usage-outbox:"
 
 #: ``usage_details`` keys the contract owns; ``metadata`` may not overwrite them.
 RESERVED_DETAIL_KEYS: Final = frozenset(
@@ -65,15 +74,23 @@ class UsageEvent:
     subject: str
     payload: bytes
     created_at: float
+    #: ``(traceparent, tracestate)`` captured at write time, published as headers.
+    trace: TraceContext | None = None
 
     @property
     def headers(self) -> dict[str, str]:
-        return contract_headers(self.event_id)
+        return contract_headers(self.event_id, self.trace)
 
 
-def contract_headers(event_id: str) -> dict[str, str]:
-    """The NATS headers of an event; ``Nats-Msg-Id`` is JetStream's de-duplication key."""
-    return {"event_type": EVENT_TYPE, "Nats-Msg-Id": event_id}
+def contract_headers(event_id: str, trace: TraceContext | None = None) -> dict[str, str]:
+    """The NATS headers of an event; ``Nats-Msg-Id`` is JetStream's de-duplication key,
+    ``traceparent``/``tracestate`` (W3C Trace Context) link billing to the request."""
+    headers = {"event_type": EVENT_TYPE, "Nats-Msg-Id": event_id}
+    if trace is not None:
+        headers["traceparent"] = trace[0]
+        if trace[1] is not None:
+            headers["tracestate"] = trace[1]
+    return headers
 
 
 def _require_text(field: str, value: object) -> str:
@@ -96,6 +113,36 @@ def _require_id(field: str, value: object) -> str:
     if "\x00" in text:
         raise InvalidUsageEvent(field, "must not contain a NUL character")
     return text
+
+
+def _liftable_id(value: object) -> bool:
+    """A metadata value that is copied to the top level: what a keyword id may be. Any
+    other value stays in ``usage_details`` only, and is not an error (1.0 accepted it)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and not value.isspace()
+        and "\x00" not in value
+    )
+
+
+def _top_level_ids(metadata: Mapping[str, Any], given: tuple[object, ...]) -> str:
+    """The ids' JSON members (``,"session_id":"..."``...) from keywords and metadata."""
+    members = ""
+    for field, keyword in zip(ID_FIELDS, given, strict=True):
+        if keyword is not None:
+            value = _require_id(field, keyword)
+            if field in metadata and metadata[field] != value:
+                raise InvalidUsageEvent(
+                    field,
+                    f"is {value!r} but metadata[{field!r}] is {metadata[field]!r}; give one",
+                )
+        elif _liftable_id(in_metadata := metadata.get(field)):
+            value = in_metadata  # type: ignore[assignment]  # checked by _liftable_id
+        else:
+            continue
+        members += f',"{field}":{_quote(value)}'
+    return members
 
 
 def _service_type_text(value: object) -> str:
@@ -203,6 +250,7 @@ def _make_json_encoder() -> Callable[[dict[str, Any]], str]:
 
 
 _json_encode = _make_json_encoder()
+_NO_IDS: Final = (None, None, None, None, None)
 
 
 #: A str as a JSON string literal, exactly as json.dumps(ensure_ascii=False) writes it.
@@ -251,13 +299,22 @@ def build_usage_event(
     input_units: object = None,
     output_units: object = None,
     metadata: object = None,
+    organization_id: object = None,
+    subscription_id: object = None,
+    session_id: object = None,
+    request_id: object = None,
+    agent_id: object = None,
+    traceparent: object = None,
+    tracestate: object = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     now: float | None = None,
 ) -> UsageEvent:
-    """Validate the legacy arguments and encode them as the contract says.
+    """Validate the legacy arguments (and the 1.1 ids and trace context) and encode them
+    as the contract says.
 
     Raises :class:`InvalidUsageEvent` naming the field and the reason; on success the
     returned event has a fresh time-ordered ``event_id`` (UUIDv7) and the write time.
+    Without ``traceparent`` the active OpenTelemetry span's context is taken, if any.
     """
     user = _require_id("user_id", user_id)
     product = _require_id("product_id", product_id)
@@ -269,6 +326,13 @@ def build_usage_event(
     units_in = _unit_count("input_units", input_units)
     units_out = _unit_count("output_units", output_units)
     extra = _metadata(metadata)
+    ids = (organization_id, subscription_id, session_id, request_id, agent_id)
+    top_ids = (
+        _top_level_ids(extra, ids)
+        if ids != _NO_IDS or (extra and not _ID_FIELD_SET.isdisjoint(extra))
+        else ""
+    )
+    trace = trace_context(traceparent, tracestate)
 
     usage_amount: int | float
     if tokens_in is not None or tokens_out is not None:
@@ -315,10 +379,10 @@ def build_usage_event(
     try:
         extra_json = _json_encode(extra if type(extra) is dict else dict(extra)) if extra else ""
         payload = (
-            f'{{"event_id":"{event_id}","user_id":{_quote(user)},'
-            f'"product_id":{_quote(product)},"usage_amount":{amount},'
-            f'"unit_type":"{unit_type}","usage_details":{{"provider":{_quote(provider_text)},'
-            f'"model":{_quote(product)},"operation":{_quote(operation_text)},'
+            f'{{"event_id":"{event_id}","idempotency_key":"{IDEMPOTENCY_PREFIX}{event_id}",'
+            f'"user_id":{_quote(user)},"product_id":{_quote(product)},"usage_amount":{amount},'
+            f'"unit_type":"{unit_type}"{top_ids},'
+            f'"usage_details":{{"provider":{_quote(provider_text)},"model":{_quote(product)},"operation":{_quote(operation_text)},'
             f'"service_type":{_quote(service)}{counts}'
             f"{',' + extra_json[1:-1] if len(extra_json) > 2 else ''}}},"
             f'"timestamp":"{iso_timestamp(now_ns)}"}}'
@@ -338,4 +402,5 @@ def build_usage_event(
         subject=f"{SUBJECT_PREFIX}.{token}",
         payload=payload,
         created_at=created_at,
+        trace=trace,
     )

@@ -18,10 +18,9 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping
-from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -33,7 +32,7 @@ from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, UsageEvent, build_usage_e
 from outbox.errors import OutboxError, OutboxStoreError
 from outbox.sqlite import DEFAULT_BUSY_TIMEOUT_MS, create_outbox_engine, is_sqlite, sqlite_url
 from outbox.transactions import Transactions
-from outbox.write import _insert_sync
+from outbox.write import UsageArgs, _insert_sync
 
 logger = logging.getLogger("outbox.service")
 
@@ -216,34 +215,9 @@ class Outbox:
             await self._engine.dispose()
             self._engine = None
 
-    async def record(
-        self,
-        *,
-        user_id: str,
-        product_id: str,
-        provider: str,
-        operation: str,
-        service_type: str | Enum,
-        input_tokens: int | None = None,
-        output_tokens: int | None = None,
-        input_units: float | None = None,
-        output_units: float | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> str:
+    async def record(self, **usage: Unpack[UsageArgs]) -> str:
         """Validate and durably record one event; returns its ``event_id`` once committed."""
-        event = build_usage_event(
-            user_id=user_id,
-            product_id=product_id,
-            provider=provider,
-            operation=operation,
-            service_type=service_type,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            input_units=input_units,
-            output_units=output_units,
-            metadata=metadata,
-            max_payload_bytes=self.max_payload_bytes,
-        )
+        event = build_usage_event(**usage, max_payload_bytes=self.max_payload_bytes)
         await self._commit([event])
         return event.event_id
 

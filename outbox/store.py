@@ -12,6 +12,7 @@ lock is held only while they run. The rest (operator commands, the lease) is asy
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -20,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from outbox.contract import EVENT_TYPE, UsageEvent
+from outbox.contract import EVENT_TYPE, UsageEvent, contract_headers
 from outbox.driver_sql import fetch_all
 from outbox.schema import DEAD, PENDING, SENT, lease_table, notes_table, outbox_table
 
@@ -37,13 +38,21 @@ def stored_headers(event_id: str) -> str:
     return f'{{"event_type":"{EVENT_TYPE}","Nats-Msg-Id":"{event_id}"}}'
 
 
+def _headers_column(event: UsageEvent) -> str:
+    if event.trace is None:
+        return stored_headers(event.event_id)
+    # Encoded the ordinary way; the shipper parses these (its fast path, one string
+    # comparison, is for the untraced text above).
+    return json.dumps(contract_headers(event.event_id, event.trace), separators=(",", ":"))
+
+
 def event_rows(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
     """Outbox rows for validated events, ready for ``connection.execute(INSERT, rows)``."""
     return [
         {
             "event_id": e.event_id,
             "subject": e.subject,
-            "headers": stored_headers(e.event_id),
+            "headers": _headers_column(e),
             "payload": e.payload,
             "created_at": e.created_at,
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from enum import Enum
 from operator import itemgetter
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -22,19 +22,31 @@ from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, UsageEvent, build_usage_e
 from outbox.driver_sql import driver_statement
 
 
-class UsageArgs(TypedDict, total=False):
-    """One event's arguments for the batch forms (the keywords of :func:`record_usage`)."""
+class UsageArgs(TypedDict):
+    """One usage event's arguments: the keywords of :func:`record_usage` and
+    :meth:`outbox.Outbox.record`, and one item of the batch forms. The contract
+    (``docs/usage-event.md``) says what each means and what is refused."""
 
     user_id: str
     product_id: str
     provider: str
     operation: str
     service_type: str | Enum
-    input_tokens: int | None
-    output_tokens: int | None
-    input_units: float | None
-    output_units: float | None
-    metadata: Mapping[str, Any] | None
+    input_tokens: NotRequired[int | None]
+    output_tokens: NotRequired[int | None]
+    input_units: NotRequired[float | None]
+    output_units: NotRequired[float | None]
+    metadata: NotRequired[Mapping[str, Any] | None]
+    #: Contract 1.1: ids the platform's billing reads at the payload's top level (each a
+    #: non-empty string of at most 255 characters; also lifted from ``metadata``).
+    organization_id: NotRequired[str | None]
+    subscription_id: NotRequired[str | None]
+    session_id: NotRequired[str | None]
+    request_id: NotRequired[str | None]
+    agent_id: NotRequired[str | None]
+    #: W3C Trace Context to publish as headers; default: the active OpenTelemetry span's.
+    traceparent: NotRequired[str | None]
+    tracestate: NotRequired[str | None]
 
 
 def _sync_connection(target: Session | Connection) -> Connection:
@@ -80,32 +92,11 @@ def _build_all(events: Iterable[Mapping[str, Any]], max_payload_bytes: int) -> l
 async def record_usage(
     session_or_connection: AsyncSession | AsyncConnection,
     *,
-    user_id: str,
-    product_id: str,
-    provider: str,
-    operation: str,
-    service_type: str | Enum,
-    input_tokens: int | None = None,
-    output_tokens: int | None = None,
-    input_units: float | None = None,
-    output_units: float | None = None,
-    metadata: Mapping[str, Any] | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    **usage: Unpack[UsageArgs],
 ) -> str:
     """Validate one usage event and add it to the caller's transaction; return its id."""
-    event = build_usage_event(
-        user_id=user_id,
-        product_id=product_id,
-        provider=provider,
-        operation=operation,
-        service_type=service_type,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        input_units=input_units,
-        output_units=output_units,
-        metadata=metadata,
-        max_payload_bytes=max_payload_bytes,
-    )
+    event = build_usage_event(**usage, max_payload_bytes=max_payload_bytes)
     await _insert(session_or_connection, store.event_rows([event])[0])
     return event.event_id
 
@@ -113,32 +104,11 @@ async def record_usage(
 def record_usage_sync(
     session_or_connection: Session | Connection,
     *,
-    user_id: str,
-    product_id: str,
-    provider: str,
-    operation: str,
-    service_type: str | Enum,
-    input_tokens: int | None = None,
-    output_tokens: int | None = None,
-    input_units: float | None = None,
-    output_units: float | None = None,
-    metadata: Mapping[str, Any] | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    **usage: Unpack[UsageArgs],
 ) -> str:
     """The same as :func:`record_usage` for a sync ``Session`` or ``Connection``."""
-    event = build_usage_event(
-        user_id=user_id,
-        product_id=product_id,
-        provider=provider,
-        operation=operation,
-        service_type=service_type,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        input_units=input_units,
-        output_units=output_units,
-        metadata=metadata,
-        max_payload_bytes=max_payload_bytes,
-    )
+    event = build_usage_event(**usage, max_payload_bytes=max_payload_bytes)
     _insert_sync(session_or_connection, store.event_rows([event])[0])
     return event.event_id
 

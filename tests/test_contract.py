@@ -38,7 +38,7 @@ from outbox import (
     record_usage_sync,
     usage_subject,
 )
-from outbox.contract import EVENT_TYPE, RESERVED_DETAIL_KEYS
+from outbox.contract import EVENT_TYPE, ID_FIELDS, RESERVED_DETAIL_KEYS
 from outbox.subject import MAX_TOKEN_LENGTH, SUBJECT_PREFIX
 from tests.fixtures.databases import count_outbox_rows
 
@@ -46,6 +46,7 @@ VECTORS_PATH = Path(__file__).parent / "contract_vectors.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 PAYLOAD_FIELDS = (
     "event_id",
+    "idempotency_key",
     "user_id",
     "product_id",
     "usage_amount",
@@ -57,6 +58,8 @@ PAYLOAD_FIELDS = (
 #: further to printable ASCII, which is all the encoding ever produces.
 TOKEN = re.compile(r"[A-Za-z0-9_%-]+")
 NATS_FORBIDDEN = set(" \t\r\n.*>\x00")
+#: The platform producer library's ``<producer>:<key>`` pattern (contract 1.1).
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}:[A-Za-z0-9][A-Za-z0-9._:-]{0,252}")
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -113,6 +116,11 @@ def assert_uuid7(text: str) -> None:
     assert parsed.variant == uuid.RFC_4122
 
 
+def assert_idempotency_key(payload: Mapping[str, Any]) -> None:
+    assert payload["idempotency_key"] == "usage-outbox:" + payload["event_id"]
+    assert IDEMPOTENCY_KEY.fullmatch(payload["idempotency_key"])
+
+
 def assert_utc_timestamp(text: str, *, near: float, within: float = 60.0) -> datetime:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", text), text
     parsed = datetime.fromisoformat(text)
@@ -158,7 +166,9 @@ def test_valid_vector(case: dict[str, Any], sync_engine: sa.Engine, outbox_path:
 
     payload = json.loads(row["payload"].decode("utf-8"))
     assert canonical_json(payload) == row["payload"]
-    assert set(PAYLOAD_FIELDS) <= set(payload)
+    # Exactly the expected fields plus the three the vectors cannot fix in advance.
+    assert set(payload) == set(expect["payload"]) | {"event_id", "timestamp", "idempotency_key"}
+    assert_idempotency_key(payload)
     for field, value in expect["payload"].items():
         assert_same_json(payload[field], value, field)
     if payload["unit_type"] == "token":
@@ -238,6 +248,35 @@ IN_CODE: list[tuple[str, dict[str, Any], str]] = [
     ("int64 overflow tokens", {"output_tokens": 2**63}, "output_tokens"),
     ("negative output tokens", {"output_tokens": -1}, "output_tokens"),
     ("output units alone", {"input_tokens": None, "output_units": 3}, "usage"),
+    # version 1.1: keyword ids, and a keyword that disagrees with metadata
+    ("session_id int", {"session_id": 42}, "session_id"),
+    ("session_id empty", {"session_id": ""}, "session_id"),
+    ("request_id 256 characters", {"request_id": "r" * 256}, "request_id"),
+    ("organization_id NUL", {"organization_id": "org\x00"}, "organization_id"),
+    ("subscription_id blank", {"subscription_id": "  "}, "subscription_id"),
+    ("agent_id bytes", {"agent_id": b"agent"}, "agent_id"),
+    (
+        "session_id keyword and metadata differ",
+        {"session_id": "a", "metadata": {"session_id": "b"}},
+        "session_id",
+    ),
+    (
+        "request_id keyword beside a non-string metadata value",
+        {"request_id": "r-1", "metadata": {"request_id": 7}},
+        "request_id",
+    ),
+    ("traceparent malformed", {"traceparent": "00-abc-def-01"}, "traceparent"),
+    (
+        "traceparent all-zero trace id",
+        {"traceparent": f"00-{'0' * 32}-{'1' * 16}-01"},
+        "traceparent",
+    ),
+    ("tracestate without traceparent", {"tracestate": "a=b"}, "tracestate"),
+    (
+        "tracestate with a line break",
+        {"traceparent": f"00-{'a' * 32}-{'b' * 16}-01", "tracestate": "a=b\r\nx: y"},
+        "tracestate",
+    ),
 ]
 
 
@@ -252,6 +291,39 @@ def test_refused_in_code(
     assert refused.value.field == field, str(refused.value)
     assert str(refused.value).startswith(f"{field}: ")
     assert count_outbox_rows(outbox_path) == 0
+
+
+def test_keyword_ids_go_to_the_top_level_only_and_agree_with_metadata(
+    sync_engine: sa.Engine, outbox_path: Path
+) -> None:
+    write_one(
+        sync_engine,
+        **BASE,
+        session_id="sess-9",
+        organization_id="org-9",
+        agent_id="agent-9",
+        metadata={"organization_id": "org-9", "temperature": 0.5},
+    )
+    (row,) = stored_rows(outbox_path)
+    payload = json.loads(row["payload"])
+    assert list(payload) == [
+        "event_id",
+        "idempotency_key",
+        "user_id",
+        "product_id",
+        "usage_amount",
+        "unit_type",
+        "organization_id",
+        "session_id",
+        "agent_id",
+        "usage_details",
+        "timestamp",
+    ]
+    assert (payload["session_id"], payload["organization_id"]) == ("sess-9", "org-9")
+    # From metadata it stays in usage_details as in 1.0; a keyword alone does not go there.
+    assert payload["usage_details"]["organization_id"] == "org-9"
+    assert "session_id" not in payload["usage_details"]
+    assert "agent_id" not in payload["usage_details"]
 
 
 def test_self_referencing_metadata_is_refused(sync_engine: sa.Engine, outbox_path: Path) -> None:
@@ -444,6 +516,10 @@ metadata_values = st.one_of(
     st.datetimes(),
     st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=2),
 )
+good_text = st.one_of(
+    st.sampled_from(["u-1", "gpt-4", "gpt-4.1", "openai", "chat", "text", "模型", "a b"]),
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1),
+)
 metadata = st.one_of(
     st.none(),
     st.none(),
@@ -453,16 +529,15 @@ metadata = st.one_of(
         metadata_values,
         max_size=4,
     ),
+    # 1.1: ids in metadata are lifted when they are id-shaped strings, left alone if not
+    st.dictionaries(st.sampled_from(ID_FIELDS), st.one_of(good_text, anything), max_size=3),
     st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=2),
     anything,
-)
-good_text = st.one_of(
-    st.sampled_from(["u-1", "gpt-4", "gpt-4.1", "openai", "chat", "text", "模型", "a b"]),
-    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1),
 )
 # Mostly well-formed, so the later checks (counts, metadata, size) are reached too.
 texts = st.one_of(good_text, good_text, good_text, good_text, weird_text, anything)
 services = st.one_of(texts, st.sampled_from(list(Colour)))
+keyword_ids = st.one_of(st.none(), st.none(), st.none(), st.sampled_from(["s-1", "r-1"]), texts)
 call_args = st.fixed_dictionaries(
     {
         "user_id": texts,
@@ -475,6 +550,8 @@ call_args = st.fixed_dictionaries(
         "input_units": unit_counts,
         "output_units": unit_counts,
         "metadata": metadata,
+        "session_id": keyword_ids,
+        "request_id": keyword_ids,
     }
 )
 
@@ -542,6 +619,13 @@ def expected_faults(args: dict[str, Any]) -> set[str]:
     faults |= {f for f in ("input_units", "output_units") if not _units_ok(args[f])}
     if not _metadata_ok(args["metadata"]):
         faults.add("metadata")
+    metadata = args["metadata"] if isinstance(args["metadata"], dict) else {}
+    for field in ("session_id", "request_id"):
+        given = args[field]
+        if given is None:
+            continue
+        if not _text_ok(given, is_id=True) or (field in metadata and metadata[field] != given):
+            faults.add(field)
     if "product_id" not in faults:
         encoded = sum(
             1 if chr(b) in "-_" or (chr(b).isalnum() and b < 128) else 3
@@ -559,8 +643,24 @@ def expected_faults(args: dict[str, Any]) -> set[str]:
     return faults
 
 
+def expected_top_level_ids(args: dict[str, Any]) -> dict[str, str]:
+    metadata = args["metadata"] or {}
+    ids = {}
+    for field in ID_FIELDS:
+        if args.get(field) is not None:
+            ids[field] = args[field]
+        elif _text_ok(metadata.get(field), is_id=True):
+            ids[field] = metadata[field]
+    return ids
+
+
 def check_contract(args: dict[str, Any], payload: dict[str, Any], subject: str) -> None:
-    assert list(payload) == list(PAYLOAD_FIELDS)
+    ids = expected_top_level_ids(args)
+    fields = list(PAYLOAD_FIELDS)
+    fields[fields.index("usage_details") : fields.index("usage_details")] = ids
+    assert list(payload) == fields
+    assert {f: payload[f] for f in ids} == ids
+    assert_idempotency_key(payload)
     assert payload["user_id"] == args["user_id"]
     assert payload["product_id"] == args["product_id"]
     assert_one_token_subject(subject, args["product_id"])
