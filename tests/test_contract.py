@@ -151,6 +151,15 @@ def test_the_vectors_are_the_projects_own_full_copy() -> None:
     assert len(names) == len(set(names)), "case names are unique (they are test ids)"
 
 
+SHARED_VECTORS = Path(__file__).resolve().parents[2] / "shared" / "contract" / "vectors.json"
+
+
+@pytest.mark.skipif(not SHARED_VECTORS.exists(), reason="a clone without shared/ beside it")
+def test_the_vectors_are_in_step_with_the_shared_contract() -> None:
+    # Users clone without shared/; CI has it beside the clone, and catches a stale copy.
+    assert json.loads(SHARED_VECTORS.read_text(encoding="utf-8")) == VECTORS
+
+
 @pytest.mark.parametrize("case", VECTORS["valid"], ids=lambda c: c["name"])
 def test_valid_vector(case: dict[str, Any], sync_engine: sa.Engine, outbox_path: Path) -> None:
     before = time.time()

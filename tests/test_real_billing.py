@@ -24,6 +24,7 @@ from shipper.natsserver import NatsServer
 from tests.fixtures.billing import ConfigFactory, ConsumerFactory
 from tests.fixtures.shipper import (
     ShipperRunner,
+    read_stream,
     run_cli,
     shipper_config,
     shipper_env,
@@ -210,3 +211,17 @@ async def test_a_stream_capturing_only_one_token_is_adopted_with_a_warning(
     (warning,) = [r for r in caplog.records if getattr(r, "action", "") == "stream_discard_risk"]
     assert warning.risks == ["subjects"]  # type: ignore[attr-defined]
     assert "billing.usage.recorded.>" in warning.getMessage()
+
+
+async def test_trace_context_is_published_as_headers(
+    outbox_path: Path, nats_server: NatsServer, run_shipper: ShipperRunner
+) -> None:
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with Outbox(outbox_path) as outbox:
+        traced = await outbox.record(**usage_args(1), traceparent=traceparent, tracestate="k=v")
+        plain = await outbox.record(**usage_args(2))
+    assert (await run_shipper.run(shipper_config(outbox_path, nats_server.url))).published == 2
+    headers = {m.headers["Nats-Msg-Id"]: m.headers for m in await read_stream(nats_server.url)}
+    assert headers[traced]["traceparent"] == traceparent
+    assert headers[traced]["tracestate"] == "k=v"
+    assert "traceparent" not in headers[plain]
