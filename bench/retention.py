@@ -34,9 +34,9 @@ from outbox import Outbox, store
 from outbox.contract import build_usage_event
 from outbox.sqlite import sqlite_url
 from shipper.config import ShipperConfig
-from shipper.natsserver import NatsServer
 from shipper.worker import Shipper
-from tests.fixtures.shipper import usage_args
+from usage_demo.natsserver import NatsServer
+from usage_demo.traffic import usage_args
 
 WRITE_EVERY = 0.010
 

@@ -82,8 +82,8 @@ from outbox import Outbox, build_usage_event
 from outbox.sqlite import sqlite_url
 from outbox.stream_spec import DEFAULT_STREAM_SUBJECTS, OWN_SUBJECTS
 from shipper.config import ShipperConfig
-from shipper.natsserver import NatsServer, find_nats_server_binary
 from shipper.worker import Shipper
+from usage_demo.natsserver import NatsServer, find_nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ShipperConfig()

@@ -40,8 +40,8 @@ from billing.db import DEFAULT_DATABASE_URL, async_url
 from billing.errors import BillingConfigError, BillingError
 from billing.pricing import PricingError
 from billing.report import format_table
-from billing.signals import stop_on_signals
-from shipper.logs import configure_logging
+from usage_runtime.logs import configure_logging
+from usage_runtime.signals import stop_on_signals
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -250,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _run(config: BillingConfig, *, burst: bool, idle_timeout: float) -> int:
     consumer = BillingConsumer(config)
     stop = asyncio.Event()
-    with stop_on_signals(stop):
+    with stop_on_signals(stop.set):
         if burst:
             async with consumer:
                 await consumer.drain(idle_timeout)

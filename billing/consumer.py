@@ -49,7 +49,7 @@ from billing.errors import BillingConfigError, BillingError, InvalidPayload
 from billing.metrics import ConsumerMetrics, metrics_for
 from billing.report import Audit, BillingReport
 from billing.store import Delivery, Item, Outcome, Rejection, Usage
-from shipper.connection import CREDENTIAL_HINT, NatsRefused, auth_options, open_connection
+from usage_runtime.nats import CREDENTIAL_HINT, NatsRefused, auth_options, open_connection
 
 logger = logging.getLogger("billing.consumer")
 
@@ -172,7 +172,7 @@ class BillingConsumer:
     async def _connect(self, stop: asyncio.Event | None) -> NatsClient | None:
         """Connect; with a ``stop`` event, keep trying until NATS answers or stop is set.
 
-        Refused credentials or TLS (see :func:`shipper.connection.open_connection`) are a
+        Refused credentials or TLS (see :func:`usage_runtime.nats.open_connection`) are a
         :class:`BillingConfigError` either way: waiting cannot fix a setting.
         """
         config = self.config

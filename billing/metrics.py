@@ -33,14 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing.config import BillingConfig
 from billing.store import Item, Outcome, Usage
-from shipper.health import (
-    PROBE_TIMEOUT,
-    HealthServer,
-    database_problem,
-    nats_problem,
-    reader_engine,
-)
-from shipper.metrics import LAG_BUCKETS, LATENCY_BUCKETS, BatchHistogram
+from outbox.probes import PROBE_TIMEOUT, database_problem, reader_engine
+from usage_runtime.health import HealthServer, nats_problem
+from usage_runtime.histograms import LAG_BUCKETS, LATENCY_BUCKETS, BatchHistogram
 
 logger = logging.getLogger("billing.metrics")
 

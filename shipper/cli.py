@@ -26,9 +26,9 @@ from outbox.service import DEFAULT_PATH, resolve_url
 from outbox.sqlite import create_outbox_engine
 from outbox.stream_spec import DEFAULT_STREAM, STREAM_ENV, STREAM_MAX_AGE_ENV
 from shipper.config import ShipperConfig
-from shipper.logs import configure_logging
-from shipper.signals import stop_on_signals
 from shipper.worker import Shipper
+from usage_runtime.logs import configure_logging
+from usage_runtime.signals import stop_on_signals
 
 EXIT_CONFIG = 2
 

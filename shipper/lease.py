@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox import store
-from shipper.signals import sleep_unless_stopped
+from usage_runtime.signals import sleep_unless_stopped
 
 logger = logging.getLogger("shipper")
 

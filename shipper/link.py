@@ -18,13 +18,14 @@ from typing import Any
 from nats.aio.client import Client
 
 from shipper.config import ShipperConfig, redact_url
-from shipper.connection import CREDENTIAL_HINT, NatsRefused, connect
+from shipper.connection import connect
 from shipper.discovery import Discovery
 from shipper.errors import ConfigError, TransientError
 from shipper.metrics import ShipperMetrics
 from shipper.publisher import Publisher
 from shipper.stats import ShipperStats
 from shipper.stream import StreamChoice, ensure_stream
+from usage_runtime.nats import CREDENTIAL_HINT, NatsRefused
 
 logger = logging.getLogger("shipper")
 
@@ -106,7 +107,8 @@ class JetStreamLink:
                 raise ConfigError(
                     f"nats refused the connection: {exc} ({CREDENTIAL_HINT})"
                 ) from exc
-            raise  # worked before: maybe rotated credentials; keep trying
+            # Worked before: maybe rotated credentials; keep trying (with the rows kept).
+            raise TransientError(f"nats refused the connection: {exc}") from exc
         except Exception as exc:
             shown = ", ".join(redact_url(server) for server in servers)
             raise TransientError(f"cannot connect to nats {shown}: {exc!r}") from exc

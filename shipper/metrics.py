@@ -5,12 +5,12 @@ The :class:`~shipper.worker.Shipper` calls a few hooks: once per published batch
 moved to ``dead``. With ``metrics_port`` unset it gets :class:`ShipperMetrics`, whose
 hooks do nothing. With a port it gets :class:`PrometheusShipperMetrics`, which owns a
 registry of its own (never the global one: tests run several shippers in one process)
-and a :class:`~shipper.health.HealthServer` on that port.
+and a :class:`~usage_runtime.health.HealthServer` on that port.
 
 The outbox numbers (pending, oldest pending age, dead) are read from the database when
 ``/metrics`` or ``/readyz`` is asked for, at most once per :data:`BACKLOG_MAX_AGE`
 seconds whoever asks, through an engine that never takes SQLite's write lock
-(:func:`shipper.health.reader_engine`), off the event loop (aiosqlite's thread).
+(:func:`outbox.probes.reader_engine`), off the event loop (aiosqlite's thread).
 
 Metric names (all prefixed ``usage_shipper_``)::
 
@@ -31,11 +31,9 @@ Metric names (all prefixed ``usage_shipper_``)::
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from nats.aio.client import Client
@@ -43,31 +41,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import store
+from outbox.probes import reader_engine
 from shipper.config import ShipperConfig
-from shipper.health import HealthServer, nats_problem, reader_engine
 from shipper.publisher import Outcome, Result
+from usage_runtime.health import HealthServer, nats_problem
+from usage_runtime.histograms import LAG_BUCKETS, LATENCY_BUCKETS, BatchHistogram
 
 logger = logging.getLogger("shipper.metrics")
 
 #: Scrapes and probes within this many seconds of the last outbox read reuse it.
 BACKLOG_MAX_AGE = 1.0
-
-#: End-to-end lag, seconds: from milliseconds (healthy) to a day (an outage).
-LAG_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0,
-)  # fmt: skip
-#: One batch's publish-to-last-PubAck time, seconds.
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
 
 _ERROR_KINDS = {
     Outcome.UNREACHABLE: "unreachable",
@@ -84,60 +73,6 @@ class PublishedBatch(Protocol):
 
     @property
     def refused(self) -> list[store.Failure]: ...
-
-
-class BatchHistogram:
-    """A histogram fed a batch of values at a time.
-
-    ``Histogram.observe`` takes two locks per value (~0.8 us); a lag per message at tens
-    of thousands of messages a second would spend ~5 % of the shipper's CPU there. This
-    one counts a batch with ``bisect`` into plain lists (~0.2 us a value) under one lock
-    per batch, and exposes the same ``_bucket`` / ``_count`` / ``_sum`` series.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        buckets: Sequence[float],
-        registry: CollectorRegistry,
-    ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self._bounds = list(buckets)
-        self._counts = [0] * (len(self._bounds) + 1)  # the last one is +Inf
-        self._sum = 0.0
-        self._lock = threading.Lock()  # collect() may run on another thread
-        registry.register(self)
-
-    def observe_many(self, values: Iterable[float]) -> None:
-        locate, bounds = bisect.bisect_left, self._bounds
-        counts = self._counts
-        total = 0.0
-        with self._lock:
-            for value in values:
-                counts[locate(bounds, value)] += 1  # bisect_left: a value equal to a bound is in it
-                total += value
-            self._sum += total
-
-    @property
-    def count(self) -> int:
-        return sum(self._counts)
-
-    def describe(self) -> list[Metric]:
-        return [HistogramMetricFamily(self.name, self.documentation)]
-
-    def collect(self) -> list[Metric]:
-        with self._lock:
-            counts, total = list(self._counts), self._sum
-        cumulative, buckets = 0, []
-        for bound, count in zip([*self._bounds, float("inf")], counts, strict=True):
-            cumulative += count
-            le = "+Inf" if bound == float("inf") else repr(float(bound))  # "1.0", as Histogram
-            buckets.append((le, float(cumulative)))
-        return [
-            HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
-        ]
 
 
 class ShipperMetrics:

@@ -37,10 +37,10 @@ from shipper.link import JetStreamLink
 from shipper.metrics import ShipperMetrics, metrics_for
 from shipper.publisher import Outcome
 from shipper.rows import Refusal, to_message
-from shipper.signals import sleep_unless_stopped
 from shipper.stats import ShipperStats
 from shipper.stream import STREAM_RISK_NOTE
 from shipper.tidy import TIDY_PAUSE, Tidier
+from usage_runtime.signals import sleep_unless_stopped
 
 logger = logging.getLogger("shipper")
 

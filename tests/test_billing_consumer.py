@@ -32,7 +32,6 @@ from billing.schema import billing_records, rejected_events, wallet_transactions
 from billing.store import Outcome
 from outbox.contract import UsageEvent
 from outbox.stream_spec import DEFAULT_STREAM
-from shipper.natsserver import NatsServer
 from tests.fixtures.billing import (
     ConfigFactory,
     ConsumerFactory,
@@ -41,6 +40,7 @@ from tests.fixtures.billing import (
     usage_event,
     wait_until,
 )
+from usage_demo.natsserver import NatsServer
 
 PRICE = Decimal("0.00003")  # per token: every charge below is exact at 9 places
 USERS = ("alice", "bob", "carol", "dave")

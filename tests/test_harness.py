@@ -24,8 +24,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from shipper import natsserver
-from shipper.natsserver import NatsCluster, NatsServer, NatsServerError
 from tests.consul_stub import ConsulStub, ServiceInstance
+from usage_demo.natsserver import NatsCluster, NatsServer, NatsServerError
 
 T = TypeVar("T")
 

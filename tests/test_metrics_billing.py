@@ -19,9 +19,9 @@ from billing import jetstream as billing_js
 from billing.config import BillingConfig
 from billing.consumer import BillingConsumer
 from billing.database import BillingDatabase
-from shipper.natsserver import NatsServer
 from tests.fixtures.billing import ConfigFactory, publish, publish_raw, usage_event, wait_until
 from tests.metrics_http import Scrape, http_get, json_log_lines, ready, scrape
+from usage_demo.natsserver import NatsServer
 
 EVENTS = "usage_billing_events_total"
 REPO = Path(__file__).resolve().parents[1]

@@ -16,9 +16,7 @@ import pytest
 
 from outbox import Outbox
 from shipper import Shipper
-from shipper.health import HealthServer
 from shipper.metrics import PrometheusShipperMetrics
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     CliProcesses,
     ShipperRunner,
@@ -30,6 +28,8 @@ from tests.fixtures.shipper import (
     write_events,
 )
 from tests.metrics_http import Scrape, http_get, json_log_lines, ready, scrape
+from usage_demo.natsserver import NatsServer
+from usage_runtime.health import HealthServer
 
 NEW = {"outcome": "new"}
 DUPLICATE = {"outcome": "duplicate"}

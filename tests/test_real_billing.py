@@ -20,7 +20,6 @@ from nats.js.api import DeliverPolicy, StreamConfig
 from billing.database import BillingDatabase
 from outbox import Outbox
 from outbox.stream_spec import DEFAULT_STREAM
-from shipper.natsserver import NatsServer
 from tests.fixtures.billing import ConfigFactory, ConsumerFactory
 from tests.fixtures.shipper import (
     ShipperRunner,
@@ -33,6 +32,7 @@ from tests.fixtures.shipper import (
 )
 from tests.isa_billing import IsaLikeBilling
 from tests.metrics_http import scrape
+from usage_demo.natsserver import NatsServer
 
 EVENTS = 20
 

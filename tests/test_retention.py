@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from outbox import store
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     ShipperRunner,
     execute,
@@ -23,6 +22,7 @@ from tests.fixtures.shipper import (
     shipper_env,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 
 def _states(path: Path) -> dict[str, int]:

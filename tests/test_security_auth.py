@@ -27,8 +27,6 @@ import pytest
 
 from billing.config import BillingConfig
 from billing.consumer import BillingConsumer
-from shipper.connection import NatsRefused, auth_options, open_connection
-from shipper.natsserver import NatsServer
 from tests.certs import (
     Operator,
     TlsFiles,
@@ -49,6 +47,8 @@ from tests.fixtures.shipper import (
     wait_until,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
+from usage_runtime.nats import NatsRefused, auth_options, open_connection
 
 EVENTS = 40
 PASSWORD = "s3cret-pw"

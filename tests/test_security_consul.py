@@ -18,10 +18,10 @@ import pytest
 from outbox.errors import ConfigError
 from shipper.cli import build_config
 from shipper.discovery import Discovery
-from shipper.natsserver import NatsServer
 from tests.certs import TlsFiles, make_tls, other_ca
 from tests.consul_stub import ConsulStub
 from tests.fixtures.shipper import ShipperRunner, outbox_counts, shipper_config, write_events
+from usage_demo.natsserver import NatsServer
 
 TOKEN = "consul-acl-token-5150"
 

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from billing.database import BillingDatabase
 from outbox import Outbox
 from outbox.sqlite import create_outbox_engine, create_outbox_sync_engine, sqlite_url
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import REPO, ShipperRunner, shipper_config, shipper_env, usage_args
+from usage_demo.natsserver import NatsServer
 
 SIDE_FILES = ("-wal", "-shm")
 

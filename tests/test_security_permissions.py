@@ -27,7 +27,6 @@ from nats.js.api import StorageType, StreamConfig
 from billing.config import BillingConfig
 from billing.consumer import BillingConsumer
 from outbox.stream_spec import DEFAULT_STREAM
-from shipper.natsserver import NatsServer
 from tests.certs import nats_conf, permissions
 from tests.fixtures.shipper import (
     ShipperRunner,
@@ -36,6 +35,7 @@ from tests.fixtures.shipper import (
     wait_until,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 EVENTS = 30
 STREAM = DEFAULT_STREAM

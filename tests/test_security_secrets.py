@@ -33,7 +33,6 @@ from outbox.errors import ConfigError
 from shipper.cli import OPTIONS as shipper_options
 from shipper.cli import main as shipper_main
 from shipper.config import ShipperConfig
-from shipper.natsserver import NatsServer
 from tests.certs import nats_conf
 from tests.consul_stub import ConsulStub
 from tests.fixtures.shipper import (
@@ -46,6 +45,7 @@ from tests.fixtures.shipper import (
     write_events,
 )
 from tests.metrics_http import http_get
+from usage_demo.natsserver import NatsServer
 
 EVENTS = 20
 

@@ -11,7 +11,6 @@ import pytest
 
 from shipper.cli import OPTIONS, _parser, build_config, main
 from shipper.config import ShipperConfig
-from shipper.natsserver import NatsServer
 from tests.consul_stub import ConsulStub
 from tests.fixtures.shipper import (
     msg_ids,
@@ -21,6 +20,7 @@ from tests.fixtures.shipper import (
     shipper_env,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 
 def _one_line_error(stderr: str) -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from shipper.discovery import Discovery, _server_url
-from shipper.natsserver import NatsServer
 from tests.consul_stub import ConsulStub, ServiceInstance
 from tests.fixtures.shipper import (
     ShipperRunner,
@@ -20,6 +19,7 @@ from tests.fixtures.shipper import (
     wait_until,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from outbox.stream_spec import DEFAULT_STREAM
 from shipper import Shipper, ShipperConfig
 from shipper.batch import Batch, Settlement
 from shipper.lease import LEASE_NAME
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     CliProcesses,
     ShipperRunner,
@@ -36,6 +35,7 @@ from tests.fixtures.shipper import (
     wait_until,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 
 async def test_recover_in_flight_counts_one_attempt_on_the_dead_shippers_rows(

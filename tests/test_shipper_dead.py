@@ -18,7 +18,6 @@ from nats.js.api import StreamConfig
 from outbox import Outbox
 from outbox.stream_spec import DEFAULT_STREAM
 from shipper.cli import main
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     ShipperRunner,
     msg_ids,
@@ -31,6 +30,7 @@ from tests.fixtures.shipper import (
     usage_args,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 MAX_PAYLOAD = 2048
 STREAM_MAX_MSG = 1200

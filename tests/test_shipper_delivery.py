@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 from outbox.contract import EVENT_TYPE
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     ShipperRunner,
     msg_ids,
@@ -19,6 +18,7 @@ from tests.fixtures.shipper import (
     wait_until,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 
 async def test_every_event_arrives_once_with_subject_headers_and_payload(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     CliProcesses,
     ShipperRunner,
@@ -23,6 +22,7 @@ from tests.fixtures.shipper import (
     wait_until,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 TTL = 2.0
 

@@ -13,7 +13,6 @@ from nats.js import JetStreamContext
 
 from outbox import Outbox
 from outbox.stream_spec import DEFAULT_STREAM
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     ShipperRunner,
     lease,
@@ -27,6 +26,7 @@ from tests.fixtures.shipper import (
     wait_until,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 
 def _actions(caplog: pytest.LogCaptureFixture, action: str) -> list[logging.LogRecord]:

@@ -12,7 +12,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StreamConfig
 
-from shipper.natsserver import NatsServer
 from shipper.publisher import Message, Outcome, Publisher, classify
 from tests.fixtures.shipper import (
     ShipperRunner,
@@ -22,6 +21,7 @@ from tests.fixtures.shipper import (
     wait_until,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 
 async def _ack(nc: NatsClient, subject: str, headers: dict[str, str], data: bytes = b"{}") -> Msg:

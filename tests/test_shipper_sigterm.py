@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     CliProcesses,
     ShipperRunner,
@@ -27,6 +26,7 @@ from tests.fixtures.shipper import (
     wait_until,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 BACKLOG = 50_000
 SHUTDOWN_TIMEOUT = 5.0

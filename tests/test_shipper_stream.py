@@ -13,7 +13,6 @@ from nats.js.errors import NotFoundError
 
 from outbox.stream_spec import DEFAULT_STREAM
 from shipper.errors import ConfigError, StreamMismatch
-from shipper.natsserver import NatsServer
 from shipper.stream import subject_covers, subjects_collide
 from tests.fixtures.shipper import (
     ShipperRunner,
@@ -25,6 +24,7 @@ from tests.fixtures.shipper import (
     shipper_env,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 
 @pytest.mark.parametrize(

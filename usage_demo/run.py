@@ -41,7 +41,7 @@ from outbox import migrate as outbox_migrate
 from outbox.errors import InvalidUsageEvent
 from outbox.schema import outbox_table
 from outbox.stream_spec import DEFAULT_STREAM
-from shipper.natsserver import NatsServer
+from usage_demo.natsserver import NatsServer
 from usage_demo.traffic import (
     PRICES,
     Call,

@@ -161,3 +161,17 @@ class LegacyChatService(UsageEventPublisherMixin):
     def __init__(self, model_name: str, provider_name: str) -> None:
         self.model_name = model_name
         self.provider_name = provider_name
+
+
+def usage_args(index: int, product_id: str = "gpt-4") -> dict[str, Any]:
+    """The write-API keywords of a plain chat event number ``index``, for tests and
+    benchmarks that need many events and no story."""
+    return {
+        "user_id": f"user-{index % 7}",
+        "product_id": product_id,
+        "provider": "openai",
+        "operation": "chat",
+        "service_type": "text",
+        "input_tokens": index + 1,
+        "output_tokens": 2 * index,
+    }

@@ -31,7 +31,6 @@ from nats.js.api import StorageType, StreamConfig
 from outbox import Outbox
 from outbox.contract import build_usage_event
 from outbox.stream_spec import DEFAULT_STREAM
-from shipper.natsserver import NatsServer
 from tests.faults.audit import WrittenLog
 from tests.faults.harness import (
     ScenarioResult,
@@ -42,6 +41,7 @@ from tests.faults.harness import (
     written_record,
 )
 from tests.faults.helpers_more import outbox_rows, outbox_sql, shipper_proc
+from usage_demo.natsserver import NatsServer
 
 pytestmark = pytest.mark.faults
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from shipper.natsserver import NatsServer
 from tests.faults.harness import (
     ScenarioResult,
     Workspace,
@@ -26,6 +25,7 @@ from tests.faults.harness import (
     in_flight_recoveries,
     timed,
 )
+from usage_demo.natsserver import NatsServer
 
 pytestmark = pytest.mark.faults
 

@@ -40,7 +40,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from outbox import Outbox, create_outbox_engine, migrate, record_usage
 from outbox.errors import OutboxStoreError
-from shipper.natsserver import NatsServer
 from tests.faults.audit import WrittenLog
 from tests.faults.harness import (
     Proc,
@@ -53,6 +52,7 @@ from tests.faults.harness import (
     written_record,
 )
 from tests.faults.helpers_more import shipper_proc, stream_messages, stream_messages_async
+from usage_demo.natsserver import NatsServer
 
 pytestmark = pytest.mark.faults
 

@@ -21,7 +21,6 @@ import time
 
 import pytest
 
-from shipper.natsserver import NatsServer
 from tests.faults.harness import (
     ScenarioResult,
     Workspace,
@@ -38,6 +37,7 @@ from tests.faults.helpers_more import (
     stream_info,
     stream_messages,
 )
+from usage_demo.natsserver import NatsServer
 
 pytestmark = pytest.mark.faults
 

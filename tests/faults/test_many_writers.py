@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from shipper.natsserver import NatsServer
 from tests.faults.harness import ScenarioResult, Workspace, check_writers, timed
+from usage_demo.natsserver import NatsServer
 
 pytestmark = pytest.mark.faults
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from shipper.natsserver import NatsServer
 from tests.faults.harness import (
     ScenarioResult,
     Workspace,
@@ -31,6 +30,7 @@ from tests.faults.harness import (
     timed,
     wait_until,
 )
+from usage_demo.natsserver import NatsServer
 
 pytestmark = pytest.mark.faults
 

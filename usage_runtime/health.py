@@ -25,17 +25,11 @@ from http import HTTPStatus
 
 import nats.errors
 import nats.js.errors
-import sqlalchemy as sa
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from outbox.sqlite import configure_sqlite, is_sqlite
-
-logger = logging.getLogger("shipper.health")
+logger = logging.getLogger("usage_runtime.health")
 
 #: None when ready, else the short reason why not.
 Readiness = Callable[[], Awaitable[str | None]]
@@ -204,32 +198,4 @@ async def nats_problem(client: Client | None, stream: str | None) -> str | None:
         return f"stream {stream} not found"
     except (nats.errors.Error, TimeoutError, OSError) as exc:
         return f"stream {stream} did not answer ({type(exc).__name__})"
-    return None
-
-
-def reader_engine(engine: AsyncEngine) -> AsyncEngine:
-    """An engine for probes and counts that never takes SQLite's write lock.
-
-    The outbox and billing engines begin every transaction with ``BEGIN IMMEDIATE``; a
-    count run through them would hold the write lock for its whole scan and stall the
-    services writing events. In WAL mode a deferred read blocks no writer, so SQLite
-    files get a separate engine with plain ``BEGIN``. Other databases (and in-memory
-    SQLite, which a second engine would not see) use ``engine`` itself.
-    """
-    url = engine.url
-    if not is_sqlite(url) or make_url(url).database in (None, "", ":memory:"):
-        return engine
-    reader = create_async_engine(url, pool_size=1, max_overflow=0)
-    configure_sqlite(reader.sync_engine, begin_immediate=False)
-    return reader
-
-
-async def database_problem(engine: AsyncEngine) -> str | None:
-    """Why the database does not answer a trivial query in time, or None."""
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
-            async with engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
-    except (SQLAlchemyError, TimeoutError, OSError) as exc:
-        return f"database did not answer ({type(exc).__name__})"
     return None

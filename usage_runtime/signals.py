@@ -1,0 +1,54 @@
+"""Stop requests: SIGTERM / SIGINT as one (installed for a block and restored after it),
+and a sleep that a stop cuts short.
+
+Handlers are installed by the command lines only (never by a constructor), so tests and
+programs embedding the shipper or the consumer keep their own; the previous handlers are
+restored on exit, and ``enabled=False`` makes it a no-op."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator, Sequence
+
+logger = logging.getLogger("usage_runtime.signals")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def stop_on_signals(
+    request: Callable[[], None],
+    *,
+    signals: Sequence[signal.Signals] = STOP_SIGNALS,
+    enabled: bool = True,
+) -> Iterator[None]:
+    """While the block runs, each of ``signals`` calls ``request`` (``Shipper.stop``, an
+    event's ``set``) instead of killing the process; a second signal calls it again."""
+    if not enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+
+    def request_stop(signum: signal.Signals) -> None:
+        logger.info("received %s, stopping", signum.name, extra={"action": "stop_requested"})
+        request()
+
+    for signum in signals:
+        loop.add_signal_handler(signum, request_stop, signum)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            loop.remove_signal_handler(signum)
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake at once when ``stop`` is set: a stop must not wait out a backoff."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
