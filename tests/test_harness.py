@@ -23,8 +23,8 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from shipper import natsserver
 from tests.consul_stub import ConsulStub, ServiceInstance
+from usage_demo import natsserver
 from usage_demo.natsserver import NatsCluster, NatsServer, NatsServerError
 
 T = TypeVar("T")
