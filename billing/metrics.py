@@ -4,7 +4,7 @@ The :class:`~billing.consumer.BillingConsumer` calls a few hooks: when it starts
 closes, when it is bound to its stream, and once per applied batch (outcomes, apply
 latency, lag). With ``metrics_port`` unset it gets :class:`ConsumerMetrics`, whose hooks
 do nothing; with a port, :class:`PrometheusConsumerMetrics`, which owns a registry of its
-own and the shared HTTP server (:mod:`shipper.health`).
+own and the shared HTTP server (:mod:`usage_runtime.health`).
 
 Metric names (all prefixed ``usage_billing_``)::
 
