@@ -210,7 +210,8 @@ async def test_cli_serves_metrics_and_logs_json_lines_without_secrets_or_payload
     assert secret not in text
     assert marker not in text
     lines = json_log_lines(log)
-    ours = [line for line in lines if line["logger"].startswith("shipper")]
+    # The shipper's own lines, and those of the runtime parts it shares with billing.
+    ours = [line for line in lines if line["logger"].startswith(("shipper", "usage_runtime"))]
     assert all("action" in line for line in ours), [line for line in ours if "action" not in line]
     actions = {line["action"] for line in ours}
     expected = {"starting", "metrics_serving", "lease_taken", "nats_connected", "ready"}
