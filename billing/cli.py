@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from billing.config import ENV, BillingConfig, parse_setting
 from billing.consumer import BillingConsumer
 from billing.database import BillingDatabase
-from billing.db import DEFAULT_DATABASE_URL, async_url
+from billing.engines import DEFAULT_DATABASE_URL, async_url
 from billing.errors import BillingConfigError, BillingError
 from billing.pricing import PricingError
 from billing.report import format_table

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from billing.db import DEFAULT_DATABASE_URL
+from billing.engines import DEFAULT_DATABASE_URL
 from billing.errors import BillingConfigError
 from outbox.stream_spec import (
     DEFAULT_STREAM,

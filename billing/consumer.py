@@ -43,8 +43,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing import jetstream, migrate, store
 from billing.config import BillingConfig
-from billing.db import create_billing_engine
 from billing.decode import decode_usage_event
+from billing.engines import create_billing_engine
 from billing.errors import BillingConfigError, BillingError, InvalidPayload
 from billing.metrics import ConsumerMetrics, metrics_for
 from billing.report import Audit, BillingReport

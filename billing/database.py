@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing import migrate, store
-from billing.db import DEFAULT_DATABASE_URL, create_billing_engine
 from billing.decode import UNIT_TYPES
+from billing.engines import DEFAULT_DATABASE_URL, create_billing_engine
 from billing.errors import BillingError
 from billing.pricing import parse_unit_price
 from billing.report import Audit, BillingReport

@@ -33,7 +33,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
 def upgrade(connection: Connection, revision: str = "head") -> None:
     """Upgrade the database behind ``connection`` (in its transaction; the caller commits).
 
-    On SQLite engines from :mod:`billing.db` the transaction begins with ``BEGIN
+    On SQLite engines from :mod:`billing.engines` the transaction begins with ``BEGIN
     IMMEDIATE``, so consumers starting together migrate one at a time; on PostgreSQL a
     transaction-scoped advisory lock does the same.
     """

@@ -52,10 +52,6 @@ class Transactions:
             configure_sqlite(self._read_engine, begin_immediate=False)
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db")
 
-    @property
-    def threaded(self) -> bool:
-        return self._executor is not None
-
     async def write(self, body: Body[T], /, *args: Any, **kwargs: Any) -> T:
         """``body(connection, *args, **kwargs)`` in one write transaction; its result."""
         if self.write_engine is None:

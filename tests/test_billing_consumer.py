@@ -27,7 +27,7 @@ from nats.js.errors import NotFoundError
 from billing import jetstream as billing_js
 from billing.config import BillingConfig
 from billing.database import BillingDatabase
-from billing.db import create_billing_engine
+from billing.engines import create_billing_engine
 from billing.schema import billing_records, rejected_events, wallet_transactions, wallets
 from billing.store import Outcome
 from outbox.contract import UsageEvent

@@ -17,7 +17,7 @@ from alembic.migration import MigrationContext
 
 import billing.migrate
 import outbox.migrate
-from billing.db import create_billing_sync_engine
+from billing.engines import create_billing_sync_engine
 from billing.schema import VERSION_TABLE, metadata
 from billing.types import ExactDecimal
 

@@ -432,9 +432,6 @@ class NatsCluster:
     def kill(self, index: int) -> None:
         self.nodes[index].kill()
 
-    def stop_node(self, index: int, timeout: float = 5.0) -> None:
-        self.nodes[index].stop(timeout)
-
     def restart(self, index: int, timeout: float = 10.0) -> NatsServer:
         """Bring node ``index`` back (stopping it first if it is still up)."""
         return self.nodes[index].restart(timeout)

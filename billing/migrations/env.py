@@ -12,7 +12,7 @@ The URL comes from ``-x url=...``, then ``BILLING_DATABASE_URL``, then ``sqlalch
 
 from __future__ import annotations
 
-from billing.db import create_billing_sync_engine
+from billing.engines import create_billing_sync_engine
 from billing.schema import VERSION_TABLE, metadata
 from outbox.alembic_env import run_env
 
