@@ -27,6 +27,7 @@ from outbox.stream_spec import (
     STREAM_MAX_AGE_ENV,
     USAGE_SUBJECTS,
 )
+from usage_runtime.redact import redact_url
 
 DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
 #: What the consumer reads: every usage subject, also multi-token ones if a stream has them.
@@ -129,7 +130,7 @@ class BillingConfig:
             for f in fields(self)
         }
         shown["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
-        shown["nats_url"] = ",".join(_hide_password(url) for url in self.nats_servers)
+        shown["nats_url"] = ",".join(redact_url(url) for url in self.nats_servers)
         return shown
 
     def __repr__(self) -> str:
@@ -154,7 +155,7 @@ class BillingConfig:
             url = make_url(self.database_url)
         except ArgumentError as exc:
             raise BillingConfigError(
-                f"database url {_hide_password(self.database_url)!r} is not a valid URL"
+                f"database url {redact_url(self.database_url)!r} is not a valid URL"
             ) from exc
         backend = url.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
@@ -171,7 +172,7 @@ class BillingConfig:
             raise BillingConfigError("nats url: none given")
         for server in self.nats_servers:
             parts = urlsplit(server)
-            shown = _hide_password(server)  # a URL may carry credentials: never echo them
+            shown = redact_url(server)  # a URL may carry credentials: never echo them
             if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
                 raise BillingConfigError(f"nats url {shown!r}: expected nats://host:port")
             try:
@@ -228,21 +229,6 @@ class BillingConfig:
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise BillingConfigError(f"metrics port {self.metrics_port} is out of range")
         return self
-
-
-def _hide_password(url: str) -> str:
-    """``url`` without its secret: a password, or for NATS a token (``nats://token@host``).
-    Works on any string, so a URL too broken to parse is still shown safely."""
-    scheme, separator, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not (separator and at):
-        return url
-    if scheme.startswith(("nats", "tls", "ws")):
-        hidden = "***"  # user:password or a token: all of it
-    else:
-        user, colon, _password = userinfo.partition(":")
-        hidden = f"{user}:***" if colon else user
-    return f"{scheme}://{hidden}@{host}"
 
 
 def parse_setting(name: str, raw: str) -> Any:

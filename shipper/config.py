@@ -18,22 +18,9 @@ from sqlalchemy.exc import ArgumentError
 from outbox.errors import ConfigError
 from outbox.service import DEFAULT_PATH, resolve_url
 from outbox.stream_spec import DEFAULT_STREAM, DEFAULT_STREAM_MAX_AGE
+from usage_runtime.redact import redact_url
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its credentials, for logs: ``nats://user:pw@h:4222`` and
-    ``nats://token@h:4222`` become ``nats://***@h:4222``; a database URL keeps its user."""
-    if "@" not in url:
-        return url
-    if "://" in url and not url.startswith(("nats:", "tls:", "ws:", "wss:")):
-        try:
-            return make_url(url).render_as_string(hide_password=True)
-        except ArgumentError:
-            pass
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}" if rest else "***"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,8 +14,9 @@ from typing import Any
 
 import consul
 
-from shipper.config import ShipperConfig, redact_url
+from shipper.config import ShipperConfig
 from shipper.errors import DiscoveryError
+from usage_runtime.redact import redact_url
 
 logger = logging.getLogger("shipper.discovery")
 

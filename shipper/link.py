@@ -17,7 +17,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from shipper.config import ShipperConfig, redact_url
+from shipper.config import ShipperConfig
 from shipper.connection import connect
 from shipper.discovery import Discovery
 from shipper.errors import ConfigError, TransientError
@@ -26,6 +26,7 @@ from shipper.publisher import Publisher
 from shipper.stats import ShipperStats
 from shipper.stream import StreamChoice, ensure_stream
 from usage_runtime.nats import CREDENTIAL_HINT, NatsRefused
+from usage_runtime.redact import redact_url
 
 logger = logging.getLogger("shipper")
 
