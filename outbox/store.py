@@ -33,9 +33,9 @@ INSERT = outbox_table.insert()
 
 # The contract headers as compact JSON, split around the event id: the same text as
 # json.dumps(contract_headers(event_id)) for any UUID event id, built from the one dict.
-_HEADERS_HEAD, _HEADERS_TAIL = json.dumps(
-    contract_headers("\x00"), separators=(",", ":")
-).split("\\u0000")
+_HEADERS_HEAD, _HEADERS_TAIL = json.dumps(contract_headers("\x00"), separators=(",", ":")).split(
+    "\\u0000"
+)
 
 
 def stored_headers(event_id: str) -> str:

@@ -44,6 +44,9 @@ from usage_runtime.signals import sleep_unless_stopped
 
 logger = logging.getLogger("shipper")
 
+#: Longest writing a note may hold up the loop (the database may be slow or full).
+NOTE_TIMEOUT = 2.0
+
 
 class Shipper:
     def __init__(self, config: ShipperConfig, *, engine: AsyncEngine | None = None) -> None:
@@ -456,11 +459,17 @@ class Shipper:
         text = choice.risk_text if choice is not None else ""
         if text == self._noted_stream_risk:
             return
-        async with self.engine.begin() as conn:
-            if text:
-                await store.put_note(conn, STREAM_RISK_NOTE, text, now=time.time())
-            else:
-                await store.clear_note(conn, STREAM_RISK_NOTE)
+        try:
+            async with asyncio.timeout(NOTE_TIMEOUT), self.engine.begin() as conn:
+                if text:
+                    await store.put_note(conn, STREAM_RISK_NOTE, text, now=time.time())
+                else:
+                    await store.clear_note(conn, STREAM_RISK_NOTE)
+        except (SQLAlchemyError, TimeoutError) as exc:
+            # Best effort: the warning is in the log and the metric already, and a full
+            # disk or a long lock must not stop the shipping; the next step tries again.
+            logger.debug("could not write the stream note: %s", exc)
+            return
         self._noted_stream_risk = text
 
     async def _open_store(self) -> None:

@@ -19,7 +19,10 @@ from nats.js.api import DeliverPolicy, StreamConfig
 
 from billing.database import BillingDatabase
 from outbox import Outbox
+from outbox.sqlite import create_outbox_engine, sqlite_url
 from outbox.stream_spec import DEFAULT_STREAM
+from shipper import Shipper
+from shipper.stream import StreamChoice
 from tests.fixtures.billing import ConfigFactory, ConsumerFactory
 from tests.fixtures.shipper import (
     ShipperRunner,
@@ -225,3 +228,25 @@ async def test_trace_context_is_published_as_headers(
     assert headers[traced]["traceparent"] == traceparent
     assert headers[traced]["tracestate"] == "k=v"
     assert "traceparent" not in headers[plain]
+
+
+async def test_a_stream_note_that_cannot_be_written_does_not_stop_the_shipper(
+    tmp_path: Path,
+) -> None:
+    # The note is best effort: an outbox that cannot take the write (here a path that is
+    # a directory: every connection fails) is the loop's problem to back off from, not a
+    # reason for the note to end the shipper.
+    broken = tmp_path / "not-a-file"
+    broken.mkdir()
+    shipper = Shipper(
+        shipper_config(tmp_path / "outbox.db", "nats://127.0.0.1:1"),
+        engine=create_outbox_engine(sqlite_url(broken)),
+    )
+    shipper._link.stream = StreamChoice(
+        name="billing-stream", created=False, risks=("max_msgs",), risk_text="can lose events"
+    )
+    try:
+        await shipper._note_stream()  # raises nothing
+        assert shipper._noted_stream_risk is None  # and tries again next step
+    finally:
+        await shipper.engine.dispose()
