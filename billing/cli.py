@@ -253,7 +253,7 @@ async def _run(config: BillingConfig, *, burst: bool, idle_timeout: float) -> in
     with stop_on_signals(stop.set):
         if burst:
             async with consumer:
-                await consumer.drain(idle_timeout)
+                await consumer.drain(idle_timeout, stop)
             print(repr(consumer))
         else:
             await consumer.run(stop)

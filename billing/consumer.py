@@ -28,10 +28,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import nats
 import nats.errors
@@ -194,13 +194,18 @@ class BillingConsumer:
                         tls_key_file=config.tls_key_file,
                     ),
                 }
-                return await open_connection(
+                connecting = open_connection(
                     config.nats_servers,
                     options,
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
                 )
+                if stop is None:
+                    return await connecting
+                # nats-py's first connect retries for ever (max_reconnect_attempts=-1)
+                # and never looks at ``stop``: race it, so a stop ends the wait at once.
+                return await _unless_stopped(connecting, stop)
             except NatsRefused as exc:
                 raise BillingConfigError(
                     f"nats refused the connection: {exc} ({CREDENTIAL_HINT})"
@@ -264,19 +269,28 @@ class BillingConsumer:
             logger.info("stopped: %r", self, extra={"action": "consumer_stopped"})
         return self.stats
 
-    async def drain(self, idle_timeout: float = 1.0) -> ConsumerStats:
-        """Consume until a fetch waits ``idle_timeout`` seconds for nothing; stays open.
+    async def drain(
+        self, idle_timeout: float = 1.0, stop: asyncio.Event | None = None
+    ) -> ConsumerStats:
+        """Consume until a fetch waits ``idle_timeout`` seconds for nothing, or ``stop`` is
+        set; stays open.
 
-        Returns the counters (since start, not only this call). Bound the whole call with
-        ``asyncio.timeout`` if the broker may never come back.
+        Returns the counters (since start, not only this call). Without ``stop``, bound
+        the whole call with ``asyncio.timeout`` if the broker may never come back; with
+        it, an unreachable broker is waited for until ``stop``.
         """
-        await self.start()
-        while True:
+        if not await self.start(stop):
+            return self.stats
+        while stop is None or not stop.is_set():
             handled = await self.step(idle_timeout)
             if handled == 0:
-                return self.stats
+                break
             if handled is None:
-                await asyncio.sleep(_FETCH_BACKOFF)
+                if stop is None:
+                    await asyncio.sleep(_FETCH_BACKOFF)
+                else:
+                    await _wait(stop, _FETCH_BACKOFF)
+        return self.stats
 
     async def step(self, wait: float) -> int | None:
         """Fetch one batch (waiting up to ``wait`` s) and process it.
@@ -451,6 +465,25 @@ def _decode(message: Msg) -> Item:
         return Usage(delivery, decode_usage_event(message.data), message.data)
     except InvalidPayload as exc:
         return Rejection(delivery, message.data, exc.reason, event_id=exc.event_id)
+
+
+async def _unless_stopped(
+    connecting: Coroutine[Any, Any, NatsClient], stop: asyncio.Event
+) -> NatsClient | None:
+    """The connection ``connecting`` opens, or None when ``stop`` is set first (the
+    attempt is then cancelled, which closes its socket)."""
+    task = asyncio.ensure_future(connecting)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, stopping, return_exceptions=True)
+    if task.cancelled():
+        return None
+    return task.result()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:
