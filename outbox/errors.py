@@ -29,5 +29,21 @@ class OutboxStoreError(OutboxError):
     """The outbox table could not be read or written (disk full, locked, bad schema)."""
 
 
+class OutboxSchemaError(OutboxStoreError):
+    """The outbox tables exist but do not match the schema this version needs; waiting
+    will not change that, so the shipper stops with this one line."""
+
+
+class MissingOutboxTable(OutboxStoreError):
+    """The database has no ``usage_outbox`` table: nothing created it yet."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no usage_outbox table in this database: create it with `usage-shipper migrate "
+            "--database-url URL`, or `await outbox.migrate.upgrade_engine(engine)` at "
+            "start-up, or add outbox.metadata to your own migrations"
+        )
+
+
 class ConfigError(OutboxError):
     """A setting is missing or wrong; raised at start-up with a one-line message."""

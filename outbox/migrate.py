@@ -1,7 +1,19 @@
-"""Run the outbox's alembic migrations from code (the ``Outbox`` object, the shipper, tests).
+"""Run the outbox's alembic migrations from code (the ``Outbox`` object, the shipper,
+``usage-shipper migrate``, tests), and check an outbox whose tables a host service owns.
 
 The scripts ship inside the package (``outbox/migrations``), so an installed shipper can
 bring a fresh file to the current schema without a source checkout.
+
+Two ways an outbox comes to exist, and :func:`prepare` tells them apart:
+
+* this project's migrations made it (its version table ``usage_outbox_alembic_version``
+  names a revision), or it is empty: :func:`prepare` upgrades it to the current schema;
+* a host service made the tables itself, from ``outbox.metadata`` in its own alembic
+  history or with ``create_all``: there is no version row, and the host owns the
+  schema. :func:`prepare` only checks that the tables match the current one, and raises
+  :class:`~outbox.errors.OutboxSchemaError` (one line: what is missing, what to do)
+  when they do not. It never creates or alters a table a host owns; ``usage-shipper
+  migrate --stamp`` hands such an outbox over to this project's migrations.
 """
 
 from __future__ import annotations
@@ -10,10 +22,16 @@ import asyncio
 import weakref
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox.errors import OutboxSchemaError
+from outbox.schema import VERSION_TABLE, metadata
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -58,3 +76,76 @@ async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> None:
     """Upgrade through an async engine, in one transaction, one migration at a time."""
     async with migration_lock(), engine.begin() as conn:
         await conn.run_sync(upgrade, revision)
+
+
+def head_revision() -> str:
+    """The newest revision of the outbox's history, as shipped in this package."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "the outbox history has a head"
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision this project's migrations recorded, or None (none ran here)."""
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def schema_problems(connection: Connection) -> list[str]:
+    """What the outbox tables lack compared with the current schema (empty: they match)."""
+    inspector = sa.inspect(connection)
+    present = set(inspector.get_table_names())
+    problems: list[str] = []
+    for table in metadata.sorted_tables:
+        if table.name not in present:
+            problems.append(f"table {table.name} is missing")
+            continue
+        columns = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name not in columns]
+        if missing:
+            problems.append(f"table {table.name} lacks column(s) {', '.join(missing)}")
+    return problems
+
+
+def host_owned(connection: Connection) -> bool:
+    """True when outbox tables exist that this project's migrations did not make."""
+    if current_revision(connection) is not None:
+        return False
+    present = set(sa.inspect(connection).get_table_names())
+    return any(table.name in present for table in metadata.sorted_tables)
+
+
+def prepare(connection: Connection) -> str:
+    """Make the outbox usable: upgrade it when this project's migrations own it (or it is
+    empty), check it when a host service's do. Returns ``"migrated"`` or ``"host"``;
+    raises :class:`OutboxSchemaError` when a host's tables do not match."""
+    if not host_owned(connection):
+        upgrade(connection)
+        return "migrated"
+    problems = schema_problems(connection)
+    if problems:
+        raise OutboxSchemaError(
+            "the outbox tables were created outside usage-outbox's migrations (no row in "
+            f"{VERSION_TABLE}) and do not match this version's schema: "
+            f"{'; '.join(problems)}. Add them from outbox.metadata to your service's "
+            "migrations, or drop the tables and run `usage-shipper migrate`"
+        )
+    return "host"
+
+
+def stamp(connection: Connection) -> None:
+    """Record the current revision on an outbox whose tables already match it (a host
+    made them), so this project's migrations take it over from here."""
+    problems = schema_problems(connection)
+    if problems:
+        raise OutboxSchemaError(
+            f"cannot stamp: the outbox tables do not match this version's schema: "
+            f"{'; '.join(problems)}"
+        )
+    command.stamp(alembic_config(connection), "head")
+
+
+async def prepare_engine(engine: AsyncEngine) -> str:
+    """:func:`prepare` through an async engine, in one transaction."""
+    async with migration_lock(), engine.begin() as conn:
+        return await conn.run_sync(prepare)

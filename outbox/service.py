@@ -173,8 +173,8 @@ class Outbox:
                         event.listen(transactions.write_engine, "connect", _no_autocheckpoint)
                 try:
                     if self.run_migrations:
-                        await migrate.upgrade_engine(engine)
-                except SQLAlchemyError as exc:
+                        await migrate.prepare_engine(engine)
+                except (SQLAlchemyError, OutboxStoreError) as exc:
                     await transactions.close()
                     await engine.dispose()
                     raise OutboxStoreError(f"cannot open outbox {self.url}: {exc}") from exc

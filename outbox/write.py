@@ -14,12 +14,14 @@ from operator import itemgetter
 from typing import Any, NotRequired, TypedDict, Unpack
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from outbox import store
 from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, UsageEvent, build_usage_event
 from outbox.driver_sql import driver_statement
+from outbox.errors import MissingOutboxTable
 
 
 class UsageArgs(TypedDict):
@@ -66,15 +68,23 @@ def _insert_sync(target: Session | Connection, rows: Rows) -> None:
     connection = _sync_connection(target)
     first = rows if isinstance(rows, dict) else rows[0]
     sql, _, names = driver_statement(store.INSERT, connection.dialect, tuple(first))
-    if names is None:  # a named paramstyle takes the row dicts as they are
-        connection.exec_driver_sql(sql, rows)
-        return
-    # itemgetter of one name returns the bare value, not the 1-tuple a cursor needs
-    row_values = itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
-    if isinstance(rows, dict):
-        connection.exec_driver_sql(sql, row_values(rows))
-    else:
-        connection.exec_driver_sql(sql, list(map(row_values, rows)))
+    try:
+        if names is None:  # a named paramstyle takes the row dicts as they are
+            connection.exec_driver_sql(sql, rows)
+            return
+        # itemgetter of one name returns the bare value, not the 1-tuple a cursor needs
+        row_values = itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
+        if isinstance(rows, dict):
+            connection.exec_driver_sql(sql, row_values(rows))
+        else:
+            connection.exec_driver_sql(sql, list(map(row_values, rows)))
+    except (OperationalError, ProgrammingError) as exc:
+        # "no such table: usage_outbox" (SQLite), 'relation "usage_outbox" does not
+        # exist' (PostgreSQL): say how the table comes to exist.
+        text = str(exc.orig)
+        if "no such table" in text or ("does not exist" in text and "usage_outbox" in text):
+            raise MissingOutboxTable() from exc
+        raise
 
 
 async def _insert(target: AsyncSession | AsyncConnection, rows: Rows) -> None:

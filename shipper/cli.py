@@ -17,15 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from outbox import store
-from outbox.errors import ConfigError, OutboxError
+from outbox import migrate, store
+from outbox.errors import ConfigError, OutboxError, OutboxSchemaError
 from outbox.service import DEFAULT_PATH, resolve_url
 from outbox.sqlite import create_outbox_engine
 from outbox.stream_spec import DEFAULT_STREAM, STREAM_ENV, STREAM_MAX_AGE_ENV
-from shipper.config import ShipperConfig
+from shipper.config import ShipperConfig, redact_url
 from shipper.worker import Shipper
 from usage_runtime.logs import configure_logging
 from usage_runtime.signals import stop_on_signals
@@ -380,6 +381,20 @@ def _parser() -> argparse.ArgumentParser:
     database_only = [o for o in OPTIONS if o.field == "database_url"]
     status = commands.add_parser("status", help="pending and dead counts, oldest age, last error")
     _add_options(status, database_only)
+    migrate_command = commands.add_parser(
+        "migrate",
+        help="create the outbox tables, or bring them to this version's schema",
+        description="Create the outbox (a new SQLite file is made 0600) or upgrade it to "
+        "this version's schema with the migrations shipped in the package. Tables your "
+        "service created from outbox.metadata are only checked; --stamp hands them over to "
+        "these migrations.",
+    )
+    _add_options(migrate_command, database_only)
+    migrate_command.add_argument(
+        "--stamp",
+        action="store_true",
+        help="tables made by your service that match the schema: record them as current",
+    )
     dead = commands.add_parser("dead", help="list, requeue or purge dead rows")
     dead_commands = dead.add_subparsers(dest="dead_command", required=True)
     listing = dead_commands.add_parser("list", help="list dead rows with their reasons")
@@ -443,6 +458,40 @@ async def _status(url: str) -> None:
     await _with_store(url, show)
 
 
+async def _migrate(url: str, *, stamp: bool) -> None:
+    where = redact_url(url)
+
+    def run(conn: Connection) -> str:
+        if migrate.current_revision(conn) is not None or not migrate.host_owned(conn):
+            if stamp and migrate.current_revision(conn) is None:
+                raise ConfigError(f"nothing to stamp: {where} has no outbox tables yet")
+            migrate.upgrade(conn)
+            return f"outbox {where} is at revision {migrate.current_revision(conn)} (current)"
+        if stamp:
+            migrate.stamp(conn)
+            return (
+                f"outbox {where}: your service's tables match; stamped revision "
+                f"{migrate.current_revision(conn)}, later versions upgrade them"
+            )
+        problems = migrate.schema_problems(conn)
+        if problems:
+            raise OutboxSchemaError(
+                f"the outbox tables in {where} were made by your service and do not match "
+                f"this version's schema: {'; '.join(problems)}"
+            )
+        return (
+            f"outbox {where}: the tables belong to your service and match this version's "
+            "schema; nothing to do (--stamp hands them over to usage-outbox's migrations)"
+        )
+
+    engine = create_outbox_engine(url)
+    try:
+        async with migrate.migration_lock(), engine.begin() as conn:
+            print(await conn.run_sync(run))
+    finally:
+        await engine.dispose()
+
+
 async def _dead_list(url: str, limit: int) -> None:
     async def show(conn: Any) -> None:
         rows = await store.dead_rows(conn, limit=limit)
@@ -485,8 +534,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 "starting with %s", config.redacted(), extra={"action": "starting"}
             )
             return asyncio.run(_run(config))
-        url = _outbox_url(args, environment)
         configure_logging("text", "WARNING")
+        if args.command == "migrate":
+            target = args.database_url or environment.get("USAGE_OUTBOX_URL") or DEFAULT_PATH
+            asyncio.run(_migrate(resolve_url(target), stamp=args.stamp))
+            return 0
+        url = _outbox_url(args, environment)
         if args.command == "status":
             asyncio.run(_status(url))
         elif args.dead_command == "list":

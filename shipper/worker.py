@@ -23,14 +23,15 @@ import uuid
 
 import tenacity
 from sqlalchemy import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import migrate, store
+from outbox.errors import OutboxStoreError
 from outbox.sqlite import create_outbox_engine
 from outbox.transactions import Transactions
 from shipper.batch import Ahead, Batch, Flight, Settlement, retry_at
-from shipper.config import ShipperConfig
+from shipper.config import ShipperConfig, redact_url
 from shipper.errors import LeaseLost, TransientError
 from shipper.lease import LEASE_NAME, Lease
 from shipper.link import JetStreamLink
@@ -484,12 +485,23 @@ class Shipper:
         announced = False
         while True:
             try:
-                await migrate.upgrade_engine(self._engine)
+                if await migrate.prepare_engine(self._engine) == "host":
+                    logger.info(
+                        "the outbox tables belong to the service (made from outbox.metadata); "
+                        "they match this version's schema, so they are used as they are",
+                        extra={"action": "store_host_owned"},
+                    )
                 return
             except SQLAlchemyError as exc:
                 # A full disk or a lock held past busy_timeout is a state to wait out, as
                 # the running loop does; exiting would only make a supervisor restart us
-                # into the same wall. Configuration errors were caught by validate().
+                # into the same wall. A file that is not a database (or is corrupt) never
+                # becomes one: that ends the run with one line.
+                if _permanent(exc):
+                    raise OutboxStoreError(
+                        f"cannot use the outbox {redact_url(self.config.database_url)}: "
+                        f"{getattr(exc, 'orig', None) or exc}"
+                    ) from exc
                 if self._stop.is_set():
                     raise
                 if not announced:
@@ -532,3 +544,10 @@ class Shipper:
             )
         else:
             logger.debug("still backing off (attempt %d): %s", state.attempt_number, error)
+
+
+def _permanent(exc: SQLAlchemyError) -> bool:
+    """A database error waiting cannot fix: SQLite's "file is not a database" and
+    "database disk image is malformed" are plain DatabaseErrors; locks, a full disk and
+    I/O trouble are OperationalErrors, worth retrying."""
+    return isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError)
