@@ -40,6 +40,7 @@ from billing.engines import DEFAULT_DATABASE_URL, async_url
 from billing.errors import BillingConfigError, BillingError
 from billing.pricing import PricingError
 from billing.report import format_table
+from outbox.drivers import missing_driver
 from usage_runtime.logs import configure_logging
 from usage_runtime.signals import stop_on_signals
 
@@ -158,7 +159,16 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> BillingCon
             raise BillingConfigError(f"{source}: bad value {raw!r}") from exc
     if "database_url" in values:
         values["database_url"] = database_url(values["database_url"])
-    return BillingConfig(**values).validate()
+    config = BillingConfig(**values).validate()
+    _check_driver(config.database_url)
+    return config
+
+
+def _check_driver(url: str) -> None:
+    """A PostgreSQL URL without its driver installed: one line naming the extra."""
+    missing = missing_driver(url)
+    if missing is not None:
+        raise BillingConfigError(missing)
 
 
 def _burst_settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[bool, float]:
@@ -183,6 +193,7 @@ def _burst_settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[b
 def _database(args: argparse.Namespace, env: Mapping[str, str], *, must_exist: bool) -> str:
     raw = args.database_url or env.get(DATABASE.env) or DEFAULT_DATABASE_URL
     url = database_url(raw)
+    _check_driver(url)
     parsed = make_url(url)
     if must_exist and parsed.get_backend_name() == "sqlite":
         path = parsed.database or ""

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import migrate, store
 from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, UsageEvent, build_usage_event
+from outbox.drivers import async_url
 from outbox.errors import OutboxError, OutboxStoreError
 from outbox.sqlite import DEFAULT_BUSY_TIMEOUT_MS, create_outbox_engine, is_sqlite, sqlite_url
 from outbox.transactions import Transactions
@@ -44,9 +45,10 @@ _Waiter = tuple[list[UsageEvent], "asyncio.Future[None]"]
 
 
 def resolve_url(url_or_path: str | Path) -> str:
-    """Accept a SQLAlchemy URL or a plain file path (taken as an SQLite file)."""
+    """Accept a SQLAlchemy URL (a sync driver's becomes its async one's: ``sqlite:///x``
+    works) or a plain file path (taken as an SQLite file)."""
     text = str(url_or_path)
-    return text if "://" in text else sqlite_url(text)
+    return async_url(text) if "://" in text else sqlite_url(text)
 
 
 def _plain_sqlite_file(url: str) -> str | None:

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from outbox import migrate, store
+from outbox.drivers import missing_driver
 from outbox.errors import ConfigError, OutboxError, OutboxSchemaError
 from outbox.service import DEFAULT_PATH, resolve_url
 from outbox.sqlite import create_outbox_engine
@@ -340,6 +341,9 @@ def _outbox_url(args: argparse.Namespace, env: Mapping[str, str]) -> str:
     """The outbox an operator command reads; it must exist (these commands create nothing)."""
     url = resolve_url(args.database_url or env.get("USAGE_OUTBOX_URL") or DEFAULT_PATH)
     parsed = make_url(url)
+    missing = missing_driver(parsed)
+    if missing is not None:
+        raise ConfigError(missing)
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
         raise ConfigError(f"no outbox database at {parsed.database}")
     return url
@@ -537,7 +541,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         configure_logging("text", "WARNING")
         if args.command == "migrate":
             target = args.database_url or environment.get("USAGE_OUTBOX_URL") or DEFAULT_PATH
-            asyncio.run(_migrate(resolve_url(target), stamp=args.stamp))
+            target = resolve_url(target)
+            missing = missing_driver(target)
+            if missing is not None:
+                raise ConfigError(missing)
+            asyncio.run(_migrate(target, stamp=args.stamp))
             return 0
         url = _outbox_url(args, environment)
         if args.command == "status":

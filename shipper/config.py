@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from outbox.drivers import missing_driver
 from outbox.errors import ConfigError
 from outbox.service import DEFAULT_PATH, resolve_url
 from outbox.stream_spec import DEFAULT_STREAM, DEFAULT_STREAM_MAX_AGE
@@ -86,6 +87,9 @@ class ShipperConfig:
         except ArgumentError as exc:
             shown = redact_url(self.database_url)
             raise ConfigError(f"database url {shown!r} is not a valid URL") from exc
+        missing = missing_driver(url)
+        if missing is not None:
+            raise ConfigError(missing)
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             parent = Path(url.database).resolve().parent
             if not parent.is_dir() or not os.access(parent, os.W_OK):
