@@ -421,6 +421,20 @@ async def take_lease(
     return True
 
 
+async def take_over_lease(
+    conn: AsyncConnection, *, name: str, owner: str, previous: str, now: float, ttl: float
+) -> bool:
+    """Take the lease from ``previous`` before it expires (its holder is known to be
+    gone); False when someone else holds it by now. The in-flight range stays, for
+    :func:`recover_in_flight`."""
+    result = await conn.execute(
+        sa.update(lease_table)
+        .where(lease_table.c.name == name, lease_table.c.owner == previous)
+        .values(owner=owner, expires_at=now + ttl)
+    )
+    return bool(result.rowcount)
+
+
 async def lease_holder(conn: AsyncConnection, *, name: str) -> tuple[str, float] | None:
     row = (
         await conn.execute(

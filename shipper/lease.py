@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -21,6 +24,31 @@ from usage_runtime.signals import sleep_unless_stopped
 logger = logging.getLogger("shipper")
 
 LEASE_NAME = "shipper"
+
+
+def holder_is_gone(owner: str) -> bool:
+    """True only when ``owner`` (``host:pid:nonce``, see :class:`shipper.worker.Shipper`)
+    names this host and a process id that is not running (or is a zombie): then nobody
+    can renew the lease, and waiting out its time to live gains nothing. A holder on
+    another host, or any doubt, means wait."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False  # another shipper in this very process: alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    try:  # killed but not yet reaped by its parent: it renews nothing either
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 class Lease:
@@ -45,6 +73,8 @@ class Lease:
                         counted = await store.recover_in_flight(conn, name=LEASE_NAME)
                     else:
                         holder = await store.lease_holder(conn, name=LEASE_NAME)
+                        if holder is not None and holder_is_gone(holder[0]):
+                            counted = await self._take_over(conn, holder[0], now)
             except SQLAlchemyError as exc:
                 # Disk full, locked past busy_timeout: wait and try again, as the running
                 # loop does, instead of exiting (a supervisor would restart us into it).
@@ -79,6 +109,22 @@ class Lease:
                 announced = True
             await sleep_unless_stopped(self._stop, self.ttl / 3)
         return False
+
+    async def _take_over(self, conn: AsyncConnection, previous: str, now: float) -> int | None:
+        """Take the lease of a holder known to be gone; the rows counted as in
+        :meth:`acquire`, or None if someone else was quicker."""
+        if not await store.take_over_lease(
+            conn, name=LEASE_NAME, owner=self.owner, previous=previous, now=now, ttl=self.ttl
+        ):
+            return None
+        logger.warning(
+            "the shipper holding the outbox lease (%s) is gone: no process %s on this "
+            "host; taking over at once",
+            previous,
+            previous.split(":")[1],
+            extra={"action": "lease_taken_over", "holder": previous},
+        )
+        return await store.recover_in_flight(conn, name=LEASE_NAME)
 
     async def keep(self, on_lost: Callable[[], None]) -> None:
         """Renew the lease every third of its time to live until a stop; call ``on_lost``

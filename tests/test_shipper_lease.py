@@ -1,11 +1,17 @@
 """One shipper per outbox file: a second one waits for the lease and takes over when the
-first is gone (stopped cleanly: at once; killed: once its lease expires)."""
+first is gone (stopped cleanly, or killed on this host: at once; otherwise once its
+lease expires)."""
 
 from __future__ import annotations
 
 import logging
 import signal
+import socket
+import subprocess
+import sys
+import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +19,7 @@ import pytest
 from tests.fixtures.shipper import (
     CliProcesses,
     ShipperRunner,
+    execute,
     lease,
     msg_ids,
     pending,
@@ -31,7 +38,7 @@ def _records(caplog: pytest.LogCaptureFixture, action: str) -> list[logging.LogR
     return [r for r in caplog.records if getattr(r, "action", None) == action]
 
 
-async def test_a_second_shipper_waits_and_takes_over_when_the_first_is_killed(
+async def test_a_second_shipper_waits_and_takes_over_at_once_when_the_first_is_killed(
     outbox_path: Path,
     nats_server: NatsServer,
     run_shipper: ShipperRunner,
@@ -74,8 +81,11 @@ async def test_a_second_shipper_waits_and_takes_over_when_the_first_is_killed(
     ids += await write_events(outbox_path, 100)
     await wait_until(lambda: pending(outbox_path) == 0, TTL + 10, message="the second took over")
 
+    # Same host, its process gone: nobody can renew that lease, so no waiting it out.
+    (over,) = _records(caplog, "lease_taken_over")
+    assert holder["owner"] in over.getMessage() and f"no process {first.pid}" in over.getMessage()
     (taken,) = _records(caplog, "lease_taken")
-    assert taken.created >= expires_before_kill  # not before the dead one's lease ran out
+    assert taken.created < expires_before_kill
     assert lease(outbox_path)["owner"] == second.owner  # type: ignore[index]
     assert second.stats.published == 100  # exactly the events written after the kill
     counts = Counter(msg_ids(await read_stream(nats_server.url)))
@@ -111,3 +121,43 @@ async def test_a_clean_stop_hands_the_lease_over_at_once(
     assert taken.created < expires  # handed over, not waited out
     assert second.stats.published == 30
     assert Counter(msg_ids(await read_stream(nats_server.url))) == Counter(ids)
+
+
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    """The PID of a process that stays alive for the test."""
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) as alive:
+        try:
+            yield alive.pid
+        finally:
+            alive.kill()
+
+
+@pytest.mark.parametrize("holder", ["another-host:{pid}:0a1b2c3d", "{host}:{pid}:0a1b2c3d"])
+async def test_a_holder_not_provably_gone_is_waited_for(
+    outbox_path: Path,
+    nats_server: NatsServer,
+    run_shipper: ShipperRunner,
+    caplog: pytest.LogCaptureFixture,
+    live_pid: int,
+    holder: str,
+) -> None:
+    """A lease held from another host (its PID means nothing here), or by a live process
+    on this one, blocks a successor until it expires."""
+    caplog.set_level(logging.INFO)
+    ids = await write_events(outbox_path, 10)
+    owner = holder.format(pid=live_pid, host=socket.gethostname())
+    expires = time.time() + TTL
+    execute(
+        outbox_path,
+        "INSERT INTO usage_outbox_lease (name, owner, expires_at) VALUES ('shipper', ?, ?)",
+        owner,
+        expires,
+    )
+    stats = await run_shipper.run(
+        shipper_config(outbox_path, nats_server.url, lease_ttl=TTL), TTL + 15
+    )
+    assert stats.published == len(ids)
+    assert _records(caplog, "lease_wait") and not _records(caplog, "lease_taken_over")
+    (taken,) = _records(caplog, "lease_taken")
+    assert taken.created >= expires
