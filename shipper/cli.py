@@ -28,6 +28,7 @@ from outbox.service import DEFAULT_PATH, resolve_url
 from outbox.sqlite import create_outbox_engine
 from outbox.stream_spec import DEFAULT_STREAM, STREAM_ENV, STREAM_MAX_AGE_ENV
 from shipper.config import ShipperConfig, redact_url
+from shipper.lease import LEASE_NAME
 from shipper.worker import Shipper
 from usage_runtime.logs import configure_logging
 from usage_runtime.signals import stop_on_signals
@@ -257,6 +258,14 @@ OPTIONS: tuple[Option, ...] = (
         "drain what is due, then exit (burst mode)",
     ),
     Option(
+        "--burst-deadline",
+        "SHIPPER_BURST_DEADLINE",
+        "burst_deadline",
+        float,
+        "with --exit-when-idle: seconds to drain the outbox in; past them the run stops and "
+        "exits 1 (default none: wait out any outage)",
+    ),
+    Option(
         "--keep-sent-hours",
         "SHIPPER_KEEP_SENT_HOURS",
         "keep_sent_hours",
@@ -303,8 +312,44 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+class _FlagAction(argparse.Action):
+    """``--x`` sets True, ``--no-x`` False; ``--x true|false`` the value given."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        negated = bool(option_string and option_string.startswith("--no-"))
+        if values is None:
+            setattr(namespace, self.dest, not negated)
+            return
+        try:
+            value = _bool(values)
+        except ValueError as exc:
+            parser.error(f"{option_string}: {exc}")
+        setattr(namespace, self.dest, value != negated)
+
+
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     for option in options:
+        if option.parse is _bool:
+            # Yes/no settings are flags (--exit-when-idle, --no-create-stream); a value
+            # after the flag (--exit-when-idle true) still works, as it did before.
+            parser.add_argument(
+                option.flag,
+                "--no-" + option.flag.removeprefix("--"),
+                dest=option.field,
+                default=None,
+                nargs="?",
+                const=None,
+                metavar="true|false",
+                action=_FlagAction,
+                help=f"{option.help} [env {option.env}]",
+            )
+            continue
         parser.add_argument(
             option.flag,
             dest=option.field,
@@ -324,6 +369,9 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ShipperCon
         if raw is None:
             raw = env.get(option.env)
         if raw is None:
+            continue
+        if isinstance(raw, bool):  # a flag
+            values[option.field] = raw
             continue
         try:
             values[option.field] = option.parse(raw)
@@ -423,8 +471,29 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run(config: ShipperConfig) -> int:
     shipper = Shipper(config)
-    with stop_on_signals(shipper.stop):
-        await shipper.run()
+    expired = asyncio.Event()
+
+    def give_up() -> None:
+        expired.set()
+        shipper.stop()
+
+    deadline = None
+    if config.burst_deadline is not None:
+        deadline = asyncio.get_running_loop().call_later(config.burst_deadline, give_up)
+    try:
+        with stop_on_signals(shipper.stop):
+            stats = await shipper.run()
+    finally:
+        if deadline is not None:
+            deadline.cancel()
+    if expired.is_set():
+        why = f"; last problem: {stats.last_error}" if stats.last_error else ""
+        print(
+            f"usage-shipper: the burst deadline ({config.burst_deadline:g} s) passed before "
+            f"the outbox was drained{why}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -435,6 +504,18 @@ async def _with_store(url: str, action: Callable[[Any], Any]) -> None:
             await action(conn)
     finally:
         await engine.dispose()
+
+
+def _lease_text(holder: tuple[str, float] | None) -> str:
+    """Who holds the outbox lease and until when, for ``status``."""
+    if holder is None:
+        return "free (no shipper running)"
+    owner, until = holder
+    moment = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until))
+    left = until - time.time()
+    if left < 0:
+        return f"{owner}, expired at {moment} ({-left:.0f} s ago: that shipper is gone)"
+    return f"held by {owner} until {moment} (in {left:.0f} s unless renewed)"
 
 
 async def _status(url: str) -> None:
@@ -451,6 +532,7 @@ async def _status(url: str) -> None:
         if current.sent:
             print(f"sent (kept)         {current.sent}")
         print(f"last error          {current.last_error or '-'}")
+        print(f"lease               {_lease_text(await store.lease_holder(conn, name=LEASE_NAME))}")
         try:
             notes = await store.read_notes(conn)
         except SQLAlchemyError:  # an outbox no shipper has upgraded to revision 0003 yet

@@ -69,6 +69,8 @@ class ShipperConfig:
     lease_ttl: float = 15.0
     shutdown_timeout: float = 10.0
     exit_when_idle: bool = False
+    # with exit_when_idle: give up (exit 1) when the outbox is not drained this many s in
+    burst_deadline: float | None = None
     # retention: acknowledged rows kept this long as "sent" (0 = deleted at once)
     keep_sent_hours: float = 0.0
     cleanup_batch: int = 500  # sent rows deleted per transaction
@@ -172,6 +174,11 @@ class ShipperConfig:
             raise ConfigError(f"log format must be text or json, got {self.log_format!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port {self.metrics_port} is out of range")
+        if self.burst_deadline is not None:
+            if not self.burst_deadline > 0:
+                raise ConfigError(f"burst deadline must be positive, got {self.burst_deadline}")
+            if not self.exit_when_idle:
+                raise ConfigError("burst deadline: only a burst run (--exit-when-idle) has one")
         if self.lease_ttl <= self.backoff_cap:
             raise ConfigError("lease ttl must be longer than the backoff cap")
         return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
@@ -47,8 +48,17 @@ def connect_options(config: ShipperConfig) -> dict[str, Any]:
     return options
 
 
-async def connect(config: ShipperConfig, servers: list[str], closed: asyncio.Event) -> Client:
-    """Connect to ``servers``; ``closed`` is set when the client gives up for good."""
+async def connect(
+    config: ShipperConfig,
+    servers: list[str],
+    closed: asyncio.Event,
+    *,
+    attempt_failed: Callable[[Exception], None] | None = None,
+) -> Client:
+    """Connect to ``servers``; ``closed`` is set when the client gives up for good.
+    ``attempt_failed`` hears each failed attempt of the first connect (nats-py makes
+    several before it gives up), so an outage is known while it is being retried."""
+    connected = False
 
     # ``closed`` already set means the shipper is closing this connection itself: a
     # state change worth a debug line, not a warning an operator has to look into.
@@ -66,6 +76,8 @@ async def connect(config: ShipperConfig, servers: list[str], closed: asyncio.Eve
 
     async def on_error(exc: Exception) -> None:
         logger.warning("nats error: %s", exc, extra={"action": "nats_error"})
+        if not connected and attempt_failed is not None:
+            attempt_failed(exc)
 
     client = await open_connection(
         servers,
@@ -75,6 +87,7 @@ async def connect(config: ShipperConfig, servers: list[str], closed: asyncio.Eve
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
     )
+    connected = True
     url = client.connected_url
     logger.info(
         "connected to nats %s",

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nats.aio.client import Client
@@ -39,8 +39,11 @@ class JetStreamLink:
         stop: asyncio.Event,
         stats: ShipperStats,
         metrics: ShipperMetrics,
+        on_trouble: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
+        #: Hears what stands in the way while a connection is being tried (see ensure).
+        self.on_trouble = on_trouble
         self.stats = stats
         self.metrics = metrics
         self._stop = stop
@@ -99,8 +102,20 @@ class JetStreamLink:
         await self.close()
         servers = await self._discovery.servers()
         self._closed = asyncio.Event()
+        shown = ", ".join(redact_url(server) for server in servers)
+        last_attempt: list[Exception] = []
+
+        def attempt_failed(exc: Exception) -> None:
+            # The first connect retries each server for a while before it gives up: say
+            # what stands in the way now, not only once it has given up.
+            last_attempt[:] = [exc]
+            if self.on_trouble is not None:
+                self.on_trouble(f"cannot connect to nats {shown}: {_reason(exc)}")
+
         try:
-            client = await self._unless_stopped(connect(self.config, servers, self._closed))
+            client = await self._unless_stopped(
+                connect(self.config, servers, self._closed, attempt_failed=attempt_failed)
+            )
         except NatsRefused as exc:
             if self.stats.connections == 0:
                 # Never connected: wrong credentials or TLS settings, not an outage. Say so
@@ -111,8 +126,9 @@ class JetStreamLink:
             # Worked before: maybe rotated credentials; keep trying (with the rows kept).
             raise TransientError(f"nats refused the connection: {exc}") from exc
         except Exception as exc:
-            shown = ", ".join(redact_url(server) for server in servers)
-            raise TransientError(f"cannot connect to nats {shown}: {exc!r}") from exc
+            # nats-py's final NoServersError says less than the attempt before it.
+            reason = _reason(last_attempt[0] if last_attempt else exc)
+            raise TransientError(f"cannot connect to nats {shown}: {reason}") from exc
         self._client = client
         try:
             js = client.jetstream(timeout=self.config.publish_timeout)
@@ -178,3 +194,13 @@ class JetStreamLink:
             if not client.is_closed:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.close(), self._close_reserve)
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, stable reason for a failed connect ("connection refused"), the same on
+    every attempt, so a note's "since" stays when the problem began."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "no answer within the connect timeout"
+    return str(exc) or type(exc).__name__

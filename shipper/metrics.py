@@ -104,6 +104,9 @@ class ShipperMetrics:
     def dead_lettered(self, count: int) -> None:
         """``count`` rows were moved to dead (the transaction committed)."""
 
+    def problem(self, text: str | None, since: float | None) -> None:
+        """The shipper backs off from ``text`` (since ``since``, Unix s); None: it ships."""
+
 
 class PrometheusShipperMetrics(ShipperMetrics):
     def __init__(
@@ -174,6 +177,7 @@ class PrometheusShipperMetrics(ShipperMetrics):
         self._client: Client | None = None
         self._stream: str | None = None
         self._past_reconnects = 0  # reconnects of connections already replaced
+        self._problem: tuple[str, float] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -275,7 +279,17 @@ class PrometheusShipperMetrics(ShipperMetrics):
             return f"database did not answer ({type(exc).__name__})"
         return None
 
+    def problem(self, text: str | None, since: float | None) -> None:
+        if text is None or since is None:
+            self._problem = None
+        elif self._problem is None or self._problem[0] != text:
+            self._problem = (text, since)
+
     async def readiness(self) -> str | None:
+        if self._problem is not None:
+            # What the shipper is waiting out says more than "not connected to NATS".
+            text, since = self._problem
+            return f"{text} (since {time.strftime('%H:%M:%S', time.localtime(since))})"
         problem = await nats_problem(self._client, self._stream)
         if problem is not None:
             return problem

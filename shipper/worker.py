@@ -45,6 +45,10 @@ from usage_runtime.signals import sleep_unless_stopped
 
 logger = logging.getLogger("shipper")
 
+#: The outbox note (``outbox.store.put_note``) naming the problem the shipper waits out.
+PROBLEM_NOTE = "problem"
+#: How a problem of the outbox database itself begins.
+DATABASE_TROUBLE = "outbox database: "
 #: Longest writing a note may hold up the loop (the database may be slow or full).
 NOTE_TIMEOUT = 2.0
 
@@ -60,7 +64,13 @@ class Shipper:
         self._failing_since: float | None = None
         # Served on config.metrics_port; hooks that do nothing when it is unset.
         self.metrics: ShipperMetrics = metrics_for(config)
-        self._link = JetStreamLink(config, stop=self._stop, stats=self.stats, metrics=self.metrics)
+        self._link = JetStreamLink(
+            config,
+            stop=self._stop,
+            stats=self.stats,
+            metrics=self.metrics,
+            on_trouble=self._trouble,
+        )
         self._db: Transactions | None = None  # the claim/settle path (see _open_store)
         # Both made with the store, in _open_store:
         self._lease: Lease | None = None
@@ -76,6 +86,11 @@ class Shipper:
         # the in-flight window together.
         self._overlap = 2 * config.batch_size <= config.max_in_flight
         self._noted_stream_risk: str | None = None  # None: not written by this run yet
+        # The transient problem being backed off from, as `usage-shipper status` shows it
+        # (the "problem" note) and /readyz says it; None while shipping works.
+        self._problem: str | None = None
+        self._noted_problem: str | None = None  # what the note says now ("" none)
+        self._noting: asyncio.Future[None] | None = None  # a note written meanwhile
 
     def __repr__(self) -> str:
         return f"<Shipper {self.owner} {self.stats}>"
@@ -156,7 +171,7 @@ class Shipper:
             wait=tenacity.wait_exponential(multiplier=0.05, max=self.config.backoff_cap)
             + tenacity.wait_random(0, self.config.backoff_cap / 10),
             stop=tenacity.stop_when_event_set(self._stop),  # type: ignore[arg-type]
-            sleep=self._sleep,
+            sleep=self._backoff_sleep,
             before_sleep=self._log_backoff,
             reraise=True,
         )
@@ -171,7 +186,51 @@ class Shipper:
                 extra={"action": "backoff_ended"},
             )
             self._failing_since = None
+            self._problem = None
+            self.metrics.problem(None, None)
+        await self._note_problem()
         return shipped
+
+    def _trouble(self, text: str) -> None:
+        """The link meets ``text`` while connecting (not yet given up)."""
+        self.stats.last_error = text
+        if text != self._problem:
+            self._problem = text
+            self.metrics.problem(text, time.time())
+            self._noting = asyncio.ensure_future(self._note_problem())
+
+    async def _backoff_sleep(self, seconds: float) -> None:
+        await self._note_problem()
+        await self._sleep(seconds)
+
+    async def _note_problem(self) -> None:
+        """Tell ``usage-shipper status`` the problem being waited out, on change. A
+        problem of the outbox database itself is not written there (it is what fails);
+        status shows it from the database's own answer. Best effort: a note never stops
+        the shipper."""
+        text = self._problem or ""
+        if text == (self._noted_problem or "") and self._noted_problem is not None:
+            return
+        if text.startswith(DATABASE_TROUBLE):
+            return
+        if await self._write_note(PROBLEM_NOTE, text):
+            self._noted_problem = text
+
+    async def _write_note(self, name: str, text: str) -> bool:
+        """Put note ``name`` (clear it when ``text`` is empty); False when the database
+        could not take it in time. Best effort: the log and the metrics say it already,
+        and a full disk or a long lock must not stop the shipping; the caller tries again
+        on its next change or step."""
+        try:
+            async with asyncio.timeout(NOTE_TIMEOUT), self.engine.begin() as conn:
+                if text:
+                    await store.put_note(conn, name, text, now=time.time())
+                else:
+                    await store.clear_note(conn, name)
+        except (SQLAlchemyError, TimeoutError) as exc:
+            logger.debug("could not write the %s note: %s", name, exc)
+            return False
+        return True
 
     async def _step(self) -> int:
         if self._stop.is_set():
@@ -183,7 +242,7 @@ class Shipper:
         except SQLAlchemyError as exc:
             # Locked past busy_timeout, disk full on the delete: the rows are still there
             # and the acknowledged ones will come back as JetStream duplicates.
-            raise TransientError(f"outbox database: {exc}") from exc
+            raise TransientError(f"{DATABASE_TROUBLE}{exc}") from exc
 
     async def drain(self) -> int:
         """Ship batches until a read comes back short; return the rows claimed.
@@ -460,18 +519,8 @@ class Shipper:
         text = choice.risk_text if choice is not None else ""
         if text == self._noted_stream_risk:
             return
-        try:
-            async with asyncio.timeout(NOTE_TIMEOUT), self.engine.begin() as conn:
-                if text:
-                    await store.put_note(conn, STREAM_RISK_NOTE, text, now=time.time())
-                else:
-                    await store.clear_note(conn, STREAM_RISK_NOTE)
-        except (SQLAlchemyError, TimeoutError) as exc:
-            # Best effort: the warning is in the log and the metric already, and a full
-            # disk or a long lock must not stop the shipping; the next step tries again.
-            logger.debug("could not write the stream note: %s", exc)
-            return
-        self._noted_stream_risk = text
+        if await self._write_note(STREAM_RISK_NOTE, text):
+            self._noted_stream_risk = text
 
     async def _open_store(self) -> None:
         if self._engine is None:
@@ -514,6 +563,8 @@ class Shipper:
                 await self._sleep(self.config.backoff_cap)
 
     async def _shutdown(self) -> None:
+        if self._noting is not None:
+            await asyncio.gather(self._noting, return_exceptions=True)
         await self._link.close()
         if self._db is not None:
             if not self._outcome_unknown:
@@ -535,6 +586,9 @@ class Shipper:
     def _log_backoff(self, state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         self.stats.last_error = str(error)
+        if str(error) != self._problem or self._failing_since is None:
+            self._problem = str(error)
+            self.metrics.problem(self._problem, time.time())
         if self._failing_since is None:
             self._failing_since = time.time()
             logger.warning(
