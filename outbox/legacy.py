@@ -11,11 +11,16 @@ recover it from the log.
 from __future__ import annotations
 
 import logging
+import os
 from enum import Enum
+from pathlib import Path
 from typing import Any, ClassVar
 
-from outbox.errors import InvalidUsageEvent
-from outbox.service import Outbox
+from sqlalchemy.engine import make_url
+
+from outbox.errors import InvalidUsageEvent, OutboxStoreError
+from outbox.service import URL_ENV, Outbox
+from outbox.sqlite import sqlite_file
 
 logger = logging.getLogger("outbox.legacy")
 
@@ -76,13 +81,49 @@ class UsageEventPublisherMixin:
             )
             return False
         except Exception as exc:
-            # Billing must never break the request; the event goes to the log instead.
+            # Billing must never break the request; the event goes to the log instead, in
+            # one line per call (a traceback per call buried the events among ~110 lines
+            # each; check_usage_outbox() at start-up is where a broken outbox is loud).
             logger.error(
                 "usage event not recorded: %s; event=%r",
-                exc,
+                " ".join(str(exc).split()),
                 event,
-                exc_info=True,
                 extra={"action": "usage_event_not_recorded", "event": event},
             )
             return False
         return True
+
+    @classmethod
+    async def check_usage_outbox(cls) -> str:
+        """Open the outbox this service records into, once, at start-up: returns where
+        it is (and logs it); raises :class:`~outbox.errors.OutboxStoreError` with one line
+        when it cannot be opened. Without ``usage_outbox`` and ``USAGE_OUTBOX_URL`` the
+        outbox is ``./usage-outbox.db`` in the working directory, which is logged as a
+        warning: a shipper elsewhere would never see those events."""
+        outbox = cls.usage_outbox or default_outbox()
+        where = _where(outbox.url)
+        if cls.usage_outbox is None and URL_ENV not in os.environ:
+            logger.warning(
+                "%s is not set: usage events go to %s, in the working directory",
+                URL_ENV,
+                where,
+                extra={"action": "usage_outbox_default"},
+            )
+        try:
+            await outbox.open()
+        except OutboxStoreError as exc:
+            cause = exc.__cause__ or exc
+            reason = getattr(cause, "orig", None) or cause  # the driver's own words
+            raise OutboxStoreError(f"usage outbox {where} cannot be used: {reason}") from exc
+        logger.info("usage events go to outbox %s", where, extra={"action": "usage_outbox"})
+        return where
+
+
+def _where(url: str) -> str:
+    """An outbox URL as an operator looks for it: the absolute file path for SQLite."""
+    path = sqlite_file(url)
+    return str(Path(path).resolve()) if path is not None else redact(url)
+
+
+def redact(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from typing import Final
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from outbox.sqlite import configure_sqlite, is_sqlite
+from outbox.sqlite import configure_sqlite, is_sqlite, sqlite_file
 
 #: A probe that takes longer than this counts as down.
 PROBE_TIMEOUT: Final = 1.0
@@ -29,6 +30,11 @@ def reader_engine(engine: AsyncEngine) -> AsyncEngine:
     url = engine.url
     if not is_sqlite(url) or make_url(url).database in (None, "", ":memory:"):
         return engine
+    path = sqlite_file(url)
+    if path is not None:
+        # mode=rw: a probe never creates the file (a missing outbox must stay missing,
+        # for the shipper to say so, instead of becoming an empty one).
+        url = make_url(f"sqlite+aiosqlite:///file:{quote(path)}?mode=rw&uri=true")
     reader = create_async_engine(url, pool_size=1, max_overflow=0)
     configure_sqlite(reader.sync_engine, begin_immediate=False)
     return reader

@@ -393,7 +393,10 @@ def _outbox_url(args: argparse.Namespace, env: Mapping[str, str]) -> str:
     if missing is not None:
         raise ConfigError(missing)
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-        raise ConfigError(f"no outbox database at {parsed.database}")
+        raise ConfigError(
+            f"no outbox database at {Path(parsed.database or '').resolve()} (these commands "
+            "create nothing; check --database-url / USAGE_OUTBOX_URL)"
+        )
     return url
 
 

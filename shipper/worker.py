@@ -20,6 +20,7 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import tenacity
 from sqlalchemy import Connection
@@ -28,11 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import migrate, store
 from outbox.errors import OutboxStoreError
-from outbox.sqlite import create_outbox_engine
+from outbox.sqlite import create_outbox_engine, sqlite_file
 from outbox.transactions import Transactions
 from shipper.batch import Ahead, Batch, Flight, Settlement, retry_at
 from shipper.config import ShipperConfig, redact_url
-from shipper.errors import LeaseLost, TransientError
+from shipper.errors import ConfigError, LeaseLost, TransientError
 from shipper.lease import LEASE_NAME, Lease
 from shipper.link import JetStreamLink
 from shipper.metrics import ShipperMetrics, metrics_for
@@ -130,11 +131,13 @@ class Shipper:
 
     async def run(self) -> ShipperStats:
         """Ship until :meth:`stop` (or, with ``exit_when_idle``, until nothing is due)."""
-        await self._open_store()
+        if self._engine is None:
+            self._engine = create_outbox_engine(self.config.database_url)
+        # Served first: /readyz can say what the start-up waits for (a missing file).
+        await self.metrics.start(self.engine)
         lease_keeper: asyncio.Task[None] | None = None
         try:
-            await self.metrics.start(self.engine)
-            if not await self.lease.acquire():
+            if not await self._open_store() or not await self.lease.acquire():
                 return self.stats
             lease_keeper = asyncio.create_task(self.lease.keep(self.stop), name="shipper-lease")
             while not self._stop.is_set():
@@ -522,25 +525,56 @@ class Shipper:
         if await self._write_note(STREAM_RISK_NOTE, text):
             self._noted_stream_risk = text
 
-    async def _open_store(self) -> None:
-        if self._engine is None:
-            self._engine = create_outbox_engine(self.config.database_url)
-        if self._db is None:
-            self._db = Transactions(self._engine)
-            self._lease = Lease(
-                self._engine, owner=self.owner, ttl=self.config.lease_ttl, stop=self._stop
+    async def _wait_for_file(self) -> bool:
+        """An SQLite outbox file that does not exist is not created here: a shipper
+        pointed at the wrong path would ship an empty outbox and look healthy. Say where
+        it looks and wait for the service (or ``usage-shipper migrate``) to create it;
+        False when stopped meanwhile. A burst run has nothing to wait for: one line."""
+        path = sqlite_file(self.config.database_url)
+        if path is None or _exists(path):
+            return True
+        where = _absolute(path)
+        if self.config.exit_when_idle:
+            raise ConfigError(
+                f"no outbox database at {where}: point --database-url / USAGE_OUTBOX_URL at "
+                "the service's outbox, or create it with usage-shipper migrate"
             )
-            self._tidier = Tidier(self.config, self._engine, self._db, self.stats)
+        text = (
+            f"no outbox database at {where}: waiting for the service to create it (or "
+            "usage-shipper migrate); check --database-url / USAGE_OUTBOX_URL"
+        )
+        logger.warning(text, extra={"action": "store_missing"})
+        self._problem = self.stats.last_error = text
+        self.metrics.problem(text, time.time())
+        while not _exists(path):
+            if self._stop.is_set():
+                return False
+            await self._sleep(min(1.0, self.config.backoff_cap))
+        logger.info("outbox %s appeared", where, extra={"action": "store_appeared"})
+        self._problem = None
+        self.metrics.problem(None, None)
+        return True
+
+    async def _open_store(self) -> bool:
+        """Open (and migrate or check) the outbox; False when stopped meanwhile."""
+        if not await self._wait_for_file():
+            return False
+        if self._db is None:
+            self._db = Transactions(self.engine)
+            self._lease = Lease(
+                self.engine, owner=self.owner, ttl=self.config.lease_ttl, stop=self._stop
+            )
+            self._tidier = Tidier(self.config, self.engine, self._db, self.stats)
         announced = False
         while True:
             try:
-                if await migrate.prepare_engine(self._engine) == "host":
+                if await migrate.prepare_engine(self.engine) == "host":
                     logger.info(
                         "the outbox tables belong to the service (made from outbox.metadata); "
                         "they match this version's schema, so they are used as they are",
                         extra={"action": "store_host_owned"},
                     )
-                return
+                return True
             except SQLAlchemyError as exc:
                 # A full disk or a lock held past busy_timeout is a state to wait out, as
                 # the running loop does; exiting would only make a supervisor restart us
@@ -574,8 +608,9 @@ class Shipper:
                     await self._commit(span=None)
             await self._db.close()
         if self._engine is not None:
-            with contextlib.suppress(SQLAlchemyError):
-                await self.lease.release()
+            if self._lease is not None:
+                with contextlib.suppress(SQLAlchemyError):
+                    await self.lease.release()
             if self._own_engine:
                 await self._engine.dispose()
         logger.info("stopped: %s", self.stats, extra={"action": "stopped"})
@@ -605,3 +640,11 @@ def _permanent(exc: SQLAlchemyError) -> bool:
     "database disk image is malformed" are plain DatabaseErrors; locks, a full disk and
     I/O trouble are OperationalErrors, worth retrying."""
     return isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError)
+
+
+def _exists(path: str) -> bool:
+    return Path(path).exists()  # one stat: too quick to be worth a thread
+
+
+def _absolute(path: str) -> Path:
+    return Path(path).resolve()

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import outbox.legacy
-from outbox import Outbox, UsageEventPublisherMixin
+from outbox import Outbox, OutboxStoreError, UsageEventPublisherMixin
 from tests.fixtures.databases import count_outbox_rows
 from tests.test_contract import VECTORS, assert_same_json, assert_uuid7
 
@@ -199,8 +199,39 @@ async def test_unwritable_outbox_returns_false_and_logs(
         assert record.action == "usage_event_not_recorded"  # type: ignore[attr-defined]
         assert record.event["user_id"] == "u-1"  # type: ignore[attr-defined]
         assert record.event["input_tokens"] == 3  # type: ignore[attr-defined]
-        assert record.exc_info is not None
+        # One line per failed call, the event in it: no traceback per call.
+        line = logging.Formatter("%(levelname)s %(name)s: %(message)s").format(record)
+        assert record.exc_info is None and "\n" not in line, line
+        assert "'user_id': 'u-1'" in line and "usage event not recorded:" in line
     assert count_outbox_rows(path) == 1
+
+
+async def test_the_start_up_check_names_the_outbox_or_says_why_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    unopenable = tmp_path / "no-such-dir" / "outbox.db"
+    monkeypatch.setattr(ModelService, "usage_outbox", Outbox(unopenable))
+    with pytest.raises(OutboxStoreError) as raised:
+        await ModelService.check_usage_outbox()
+    assert str(raised.value) == (
+        f"usage outbox {unopenable} cannot be used: unable to open database file"
+    )
+
+    # No outbox configured anywhere: the default file in the working directory, said loudly.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("USAGE_OUTBOX_URL", raising=False)
+    monkeypatch.setattr(ModelService, "usage_outbox", None)
+    monkeypatch.setattr(outbox.legacy, "_default_outbox", None)
+    try:
+        where = await ModelService.check_usage_outbox()
+    finally:
+        await outbox.legacy.default_outbox().close()
+    assert where == str(tmp_path / "usage-outbox.db")
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage() == (
+        f"USAGE_OUTBOX_URL is not set: usage events go to {where}, in the working directory"
+    )
 
 
 async def test_default_outbox_comes_from_the_environment(

@@ -8,6 +8,7 @@ SQLite alone would have made all three 0644.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -21,7 +22,14 @@ import sqlalchemy as sa
 from billing.database import BillingDatabase
 from outbox import Outbox
 from outbox.sqlite import create_outbox_engine, create_outbox_sync_engine, sqlite_url
-from tests.fixtures.shipper import REPO, ShipperRunner, shipper_config, shipper_env, usage_args
+from tests.fixtures.shipper import (
+    REPO,
+    ShipperRunner,
+    run_cli,
+    shipper_config,
+    shipper_env,
+    usage_args,
+)
 from usage_demo.natsserver import NatsServer
 
 SIDE_FILES = ("-wal", "-shm")
@@ -53,10 +61,14 @@ async def test_an_outbox_written_through_the_write_api_is_owner_only(tmp_path: P
         assert modes(path) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600}
 
 
-async def test_an_outbox_the_shipper_creates_is_owner_only(
+async def test_an_outbox_usage_shipper_migrate_creates_is_owner_only(
     tmp_path: Path, nats_server: NatsServer, run_shipper: ShipperRunner
 ) -> None:
-    path = tmp_path / "fresh.db"  # the shipper starts before any writer: it creates it
+    # The shipper itself creates no outbox (a wrong path must not become an empty one);
+    # `usage-shipper migrate` does, owner-only, and the shipper then ships from it.
+    path = tmp_path / "fresh.db"
+    result = await asyncio.to_thread(run_cli, "migrate", "--database-url", str(path))
+    assert result.returncode == 0, result.stderr
     await run_shipper.run(shipper_config(path, nats_server.url))
     assert mode(path) == 0o600
 

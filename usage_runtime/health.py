@@ -22,6 +22,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from urllib.parse import quote
 
 import nats.errors
 import nats.js.errors
