@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from billing.errors import BillingConfigError, BillingError
 from billing.pricing import PricingError
 from billing.report import format_table
 from outbox.drivers import missing_driver
+from usage_runtime.flags import add_flag
 from usage_runtime.logs import configure_logging
 from usage_runtime.signals import stop_on_signals
 
@@ -74,14 +75,16 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(
         "--nats-url", "nats_url", "NATS servers, comma-separated (default nats://127.0.0.1:4222)"
     ),
-    Option("--nats-user", "nats_user", "NATS user"),
-    Option("--nats-password", "nats_password", "NATS password (prefer the environment)"),
-    Option("--nats-token", "nats_token", "NATS token (prefer the environment)"),
-    Option("--nats-nkey-seed", "nats_nkey_seed_file", "file holding an NKey seed"),
-    Option("--nats-creds", "nats_creds_file", "NATS .creds file (user JWT + seed)"),
+    Option("--nats-user", "nats_user", "NATS user (default none)"),
+    Option(
+        "--nats-password", "nats_password", "NATS password (prefer the environment; default none)"
+    ),
+    Option("--nats-token", "nats_token", "NATS token (prefer the environment; default none)"),
+    Option("--nats-nkey-seed", "nats_nkey_seed_file", "file holding an NKey seed (default none)"),
+    Option("--nats-creds", "nats_creds_file", "NATS .creds file (user JWT + seed; default none)"),
     Option("--tls-ca", "tls_ca_file", "CA file to verify NATS with (default: system CAs)"),
-    Option("--tls-cert", "tls_cert_file", "client certificate for NATS"),
-    Option("--tls-key", "tls_key_file", "key of the client certificate"),
+    Option("--tls-cert", "tls_cert_file", "client certificate for NATS (default none)"),
+    Option("--tls-key", "tls_key_file", "key of the client certificate (default none)"),
     Option("--stream", "stream", "JetStream stream to read (default billing-stream)"),
     Option(
         "--stream-max-age",
@@ -127,8 +130,16 @@ RUN_OPTIONS: tuple[Option, ...] = (
 )
 
 
+_FLAGS = {f.name for f in fields(BillingConfig) if f.type == "bool"}
+
+
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     for option in options:
+        if option.field in _FLAGS:  # yes/no settings are flags, as in usage-shipper
+            add_flag(
+                parser, option.flag, dest=option.field, help=f"{option.help} [env {option.env}]"
+            )
+            continue
         parser.add_argument(
             option.flag,
             dest=option.field,
@@ -151,6 +162,9 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> BillingCon
         source = option.flag
         if raw is None:
             raw, source = env.get(option.env), f"${option.env}"
+        if isinstance(raw, bool):  # a flag
+            values[option.field] = raw
+            continue
         if raw is None or raw.strip() == "":
             continue
         try:
@@ -245,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rejected = commands.add_parser("rejected", help="rejected deliveries with their reasons")
     _add_options(rejected, [DATABASE])
-    rejected.add_argument("--limit", type=int, default=50)
+    rejected.add_argument("--limit", type=int, default=50, help="rows shown at most (default 50)")
 
     reprice = commands.add_parser("reprice", help="bill unpriced events that now have a price")
     _add_options(reprice, [DATABASE])
@@ -265,7 +279,8 @@ async def _run(config: BillingConfig, *, burst: bool, idle_timeout: float) -> in
         if burst:
             async with consumer:
                 await consumer.drain(idle_timeout, stop)
-            print(repr(consumer))
+            for name, value in consumer.stats.as_dict().items():
+                print(f"{name.replace('_', ' '):<13} {value:>9}")
         else:
             await consumer.run(stop)
     return EXIT_OK
@@ -334,9 +349,17 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if args.command == "run":
             config = build_config(args, environment)
             configure_logging(config.log_format, config.log_level)
-            logging.getLogger("billing").info(
-                "starting with %s", config.redacted(), extra={"action": "starting"}
+            log = logging.getLogger("billing")
+            shown = config.redacted()
+            log.info(
+                "starting: NATS %s, stream %s, durable %s -> billing database %s",
+                shown["nats_url"],
+                config.stream,
+                config.durable,
+                shown["database_url"],
+                extra={"action": "starting"},
             )
+            log.debug("starting with %s", shown, extra={"action": "settings"})
             burst, idle_timeout = _burst_settings(args, environment)
             return asyncio.run(_run(config, burst=burst, idle_timeout=idle_timeout))
         configure_logging("text", "WARNING")

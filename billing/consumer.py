@@ -80,6 +80,10 @@ class ConsumerStats:
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def summary(self) -> str:
+        """``billed 7, unpriced 0, ..., fetch errors 0``: for the stop line."""
+        return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.as_dict().items())
+
 
 class BillingConsumer:
     """A durable JetStream pull consumer that bills each usage event exactly once.
@@ -266,7 +270,7 @@ class BillingConsumer:
                     await _wait(stop, _FETCH_BACKOFF)
         finally:
             await self.close()
-            logger.info("stopped: %r", self, extra={"action": "consumer_stopped"})
+            logger.info("stopped: %s", self.stats.summary(), extra={"action": "consumer_stopped"})
         return self.stats
 
     async def drain(

@@ -16,20 +16,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from outbox import migrate, store
 from outbox.drivers import missing_driver
 from outbox.errors import ConfigError, OutboxError, OutboxSchemaError
 from outbox.service import DEFAULT_PATH, resolve_url
-from outbox.sqlite import create_outbox_engine
+from outbox.sqlite import create_outbox_engine, sqlite_file
 from outbox.stream_spec import DEFAULT_STREAM, STREAM_ENV, STREAM_MAX_AGE_ENV
 from shipper.config import ShipperConfig, redact_url
 from shipper.lease import LEASE_NAME
 from shipper.worker import Shipper
+from usage_runtime.flags import add_flag, parse_bool
 from usage_runtime.logs import configure_logging
 from usage_runtime.signals import stop_on_signals
 
@@ -37,12 +40,7 @@ EXIT_CONFIG = 2
 
 
 def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true/false, got {text!r}")
+    return parse_bool(text)
 
 
 def _servers(text: str) -> tuple[str, ...]:
@@ -77,18 +75,31 @@ OPTIONS: tuple[Option, ...] = (
         "NATS servers, comma-separated (default nats://127.0.0.1:4222; "
         "NATS_HOST + NATS_PORT also work)",
     ),
-    Option("--nats-user", "NATS_USER", "nats_user", str, "NATS user"),
-    Option("--nats-password", "NATS_PASSWORD", "nats_password", str, "NATS password", secret=True),
-    Option("--nats-token", "NATS_TOKEN", "nats_token", str, "NATS token", secret=True),
+    Option("--nats-user", "NATS_USER", "nats_user", str, "NATS user (default none)"),
+    Option(
+        "--nats-password",
+        "NATS_PASSWORD",
+        "nats_password",
+        str,
+        "NATS password (default none)",
+        secret=True,
+    ),
+    Option(
+        "--nats-token", "NATS_TOKEN", "nats_token", str, "NATS token (default none)", secret=True
+    ),
     Option(
         "--nats-nkey-seed",
         "NATS_NKEY_SEED_FILE",
         "nats_nkey_seed_file",
         str,
-        "file holding an NKey seed",
+        "file holding an NKey seed (default none)",
     ),
     Option(
-        "--nats-creds", "NATS_CREDS_FILE", "nats_creds_file", str, "NATS .creds file (JWT + seed)"
+        "--nats-creds",
+        "NATS_CREDS_FILE",
+        "nats_creds_file",
+        str,
+        "NATS .creds file (JWT + seed; default none)",
     ),
     Option(
         "--connect-timeout",
@@ -105,18 +116,38 @@ OPTIONS: tuple[Option, ...] = (
         "reconnects per server before a connection is given up and a new one built "
         "(default 10; negative = for ever)",
     ),
-    Option("--tls-ca", "NATS_TLS_CA_FILE", "tls_ca_file", str, "CA file to verify NATS with"),
-    Option("--tls-cert", "NATS_TLS_CERT_FILE", "tls_cert_file", str, "client certificate"),
-    Option("--tls-key", "NATS_TLS_KEY_FILE", "tls_key_file", str, "client certificate key"),
+    Option(
+        "--tls-ca",
+        "NATS_TLS_CA_FILE",
+        "tls_ca_file",
+        str,
+        "CA file to verify NATS with (default: the system's CAs)",
+    ),
+    Option(
+        "--tls-cert",
+        "NATS_TLS_CERT_FILE",
+        "tls_cert_file",
+        str,
+        "client certificate (default none)",
+    ),
+    Option(
+        "--tls-key",
+        "NATS_TLS_KEY_FILE",
+        "tls_key_file",
+        str,
+        "client certificate key (default none)",
+    ),
     Option(
         "--consul-host",
         "CONSUL_HOST",
         "consul_host",
         str,
-        "Consul agent host; unset = no discovery, use --nats-url",
+        "Consul agent host (default unset: no discovery, use --nats-url)",
     ),
     Option("--consul-port", "CONSUL_PORT", "consul_port", int, "Consul port (default 8500)"),
-    Option("--consul-scheme", "CONSUL_SCHEME", "consul_scheme", str, "http or https"),
+    Option(
+        "--consul-scheme", "CONSUL_SCHEME", "consul_scheme", str, "http or https (default http)"
+    ),
     Option(
         "--consul-ca",
         "CONSUL_CACERT",
@@ -132,7 +163,12 @@ OPTIONS: tuple[Option, ...] = (
         "seconds to wait for Consul's answer (default 2)",
     ),
     Option(
-        "--consul-token", "CONSUL_HTTP_TOKEN", "consul_token", str, "Consul ACL token", secret=True
+        "--consul-token",
+        "CONSUL_HTTP_TOKEN",
+        "consul_token",
+        str,
+        "Consul ACL token (default none)",
+        secret=True,
     ),
     Option(
         "--consul-service",
@@ -234,7 +270,7 @@ OPTIONS: tuple[Option, ...] = (
         "SHIPPER_PARSE_PAYLOADS",
         "parse_payloads",
         _bool,
-        "parse every payload as JSON before publishing, not just its envelope",
+        "parse every payload as JSON before publishing, not just its envelope (default off)",
     ),
     Option(
         "--lease-ttl",
@@ -255,7 +291,7 @@ OPTIONS: tuple[Option, ...] = (
         "SHIPPER_EXIT_WHEN_IDLE",
         "exit_when_idle",
         _bool,
-        "drain what is due, then exit (burst mode)",
+        "drain what is due, then exit (burst mode; default off: run until SIGTERM)",
     ),
     Option(
         "--burst-deadline",
@@ -293,8 +329,14 @@ OPTIONS: tuple[Option, ...] = (
         int,
         "free pages that start a shrink of the outbox file (default 1024)",
     ),
-    Option("--log-format", "SHIPPER_LOG_FORMAT", "log_format", str, "text or json"),
-    Option("--log-level", "SHIPPER_LOG_LEVEL", "log_level", str, "DEBUG, INFO, WARNING..."),
+    Option("--log-format", "SHIPPER_LOG_FORMAT", "log_format", str, "text or json (default text)"),
+    Option(
+        "--log-level",
+        "SHIPPER_LOG_LEVEL",
+        "log_level",
+        str,
+        "DEBUG, INFO, WARNING, ERROR (default INFO)",
+    ),
     Option(
         "--metrics-port",
         "SHIPPER_METRICS_PORT",
@@ -312,42 +354,11 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
-class _FlagAction(argparse.Action):
-    """``--x`` sets True, ``--no-x`` False; ``--x true|false`` the value given."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        negated = bool(option_string and option_string.startswith("--no-"))
-        if values is None:
-            setattr(namespace, self.dest, not negated)
-            return
-        try:
-            value = _bool(values)
-        except ValueError as exc:
-            parser.error(f"{option_string}: {exc}")
-        setattr(namespace, self.dest, value != negated)
-
-
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     for option in options:
         if option.parse is _bool:
-            # Yes/no settings are flags (--exit-when-idle, --no-create-stream); a value
-            # after the flag (--exit-when-idle true) still works, as it did before.
-            parser.add_argument(
-                option.flag,
-                "--no-" + option.flag.removeprefix("--"),
-                dest=option.field,
-                default=None,
-                nargs="?",
-                const=None,
-                metavar="true|false",
-                action=_FlagAction,
-                help=f"{option.help} [env {option.env}]",
+            add_flag(
+                parser, option.flag, dest=option.field, help=f"{option.help} [env {option.env}]"
             )
             continue
         parser.add_argument(
@@ -454,7 +465,7 @@ def _parser() -> argparse.ArgumentParser:
     dead_commands = dead.add_subparsers(dest="dead_command", required=True)
     listing = dead_commands.add_parser("list", help="list dead rows with their reasons")
     _add_options(listing, database_only)
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=int, default=100, help="rows shown at most (default 100)")
     requeue = dead_commands.add_parser("requeue", help="make dead rows pending again")
     _add_options(requeue, database_only)
     requeue.add_argument("ids", nargs="*", type=int, help="row ids (see dead list)")
@@ -509,6 +520,42 @@ async def _with_store(url: str, action: Callable[[Any], Any]) -> None:
         await engine.dispose()
 
 
+async def _reading_store(url: str, action: Callable[[Any], Any]) -> None:
+    """Run a read-only ``action``: on an SQLite file, without taking the write lock and
+    without writing anything, so ``status`` and ``dead list`` work on a file or mount
+    this user cannot write. A WAL file whose ``-shm`` cannot be created (a read-only
+    directory) is read as an immutable snapshot: nobody can be writing it there."""
+    path = sqlite_file(url)
+    if path is None:
+        await _with_store(url, action)
+        return
+    base = f"sqlite+aiosqlite:///file:{quote(path)}?mode=ro&uri=true"
+    for attempt in (base, base + "&immutable=1"):
+        engine = create_async_engine(attempt, connect_args={"timeout": 30})
+        try:
+            async with engine.connect() as conn:
+                await action(conn)
+            return
+        except OperationalError as exc:
+            if attempt != base or "readonly" not in str(exc.orig):
+                raise
+        finally:
+            await engine.dispose()
+
+
+def _summary(config: ShipperConfig) -> str:
+    """The start-up line: where from, where to; the full settings are logged at DEBUG."""
+    servers = ", ".join(redact_url(server) for server in config.nats_servers)
+    nats = f"NATS {servers}"
+    if config.consul_host:
+        nats = f"NATS from Consul {config.consul_host}:{config.consul_port} (else {servers})"
+    mode = "until idle" if config.exit_when_idle else "until SIGTERM"
+    return (
+        f"outbox {redact_url(config.database_url)} -> {nats}, stream {config.stream}; "
+        f"shipping {mode}"
+    )
+
+
 def _lease_text(holder: tuple[str, float] | None) -> str:
     """Who holds the outbox lease and until when, for ``status``."""
     if holder is None:
@@ -544,7 +591,7 @@ async def _status(url: str) -> None:
             moment = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
             print(f"{name.replace('_', ' '):<19} {text} (since {moment})")
 
-    await _with_store(url, show)
+    await _reading_store(url, show)
 
 
 async def _migrate(url: str, *, stamp: bool) -> None:
@@ -589,7 +636,7 @@ async def _dead_list(url: str, limit: int) -> None:
             print(f"{row.id:>8}  {row.event_id:36}  {row.attempts:>8}  {row.last_error}")
         print(f"({len(rows)} dead rows shown)")
 
-    await _with_store(url, show)
+    await _reading_store(url, show)
 
 
 async def _dead_requeue(url: str, ids: list[int] | None) -> None:
@@ -619,9 +666,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if args.command == "run":
             config = build_config(args, environment)
             configure_logging(config.log_format, config.log_level)
-            logging.getLogger("shipper").info(
-                "starting with %s", config.redacted(), extra={"action": "starting"}
-            )
+            log = logging.getLogger("shipper")
+            log.info("starting: %s", _summary(config), extra={"action": "starting"})
+            log.debug("starting with %s", config.redacted(), extra={"action": "settings"})
             return asyncio.run(_run(config))
         configure_logging("text", "WARNING")
         if args.command == "migrate":

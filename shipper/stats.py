@@ -20,6 +20,18 @@ class ShipperStats:
     last_error: str | None = None
     started_at: float = field(default_factory=time.time)
 
+    def summary(self) -> str:
+        """The stop line: ``after 3.2 s: 100 published, 0 duplicates, ...``."""
+        counts = (
+            f"{self.published} published, {self.duplicates} duplicates, "
+            f"{self.retried} retried later, {self.dead} dead, {self.released} handed back, "
+            f"{self.batches} batches, {self.connections} connections"
+        )
+        if self.cleaned or self.vacuumed_pages:
+            counts += f", {self.cleaned} sent rows cleaned, {self.vacuumed_pages} pages freed"
+        tail = f"; last error: {self.last_error}" if self.last_error else ""
+        return f"after {time.time() - self.started_at:.1f} s: {counts}{tail}"
+
     @property
     def delivered(self) -> int:
         return self.published + self.duplicates

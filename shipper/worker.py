@@ -613,7 +613,7 @@ class Shipper:
                     await self.lease.release()
             if self._own_engine:
                 await self._engine.dispose()
-        logger.info("stopped: %s", self.stats, extra={"action": "stopped"})
+        logger.info("stopped %s", self.stats.summary(), extra={"action": "stopped"})
 
     async def _sleep(self, seconds: float) -> None:
         await sleep_unless_stopped(self._stop, seconds)

@@ -22,7 +22,6 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from urllib.parse import quote
 
 import nats.errors
 import nats.js.errors

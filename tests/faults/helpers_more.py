@@ -118,16 +118,17 @@ def outbox_rows(path: Path, where: str = "1=1", *params: Any) -> list[sqlite3.Ro
     return outbox_sql(path, f"SELECT * FROM usage_outbox WHERE {where} ORDER BY id", *params)
 
 
-_COUNTER = re.compile(r"(\w+)=(\d+)")
+_COUNTER = re.compile(r"([a-z][a-z ]*) (\d+)")
 
 
 def billing_counters(log: str) -> dict[str, int]:
-    """The consumer's counters from its last "stopped: <BillingConsumer ...>" log line
+    """The consumer's counters from its "stopped: received 8, billed 7, ..." log lines
     (summed over every run in ``log``: a restarted consumer starts from zero)."""
     totals: dict[str, int] = {}
     for line in log.splitlines():
-        if "stopped: <BillingConsumer" not in line:
+        if "stopped: received " not in line:
             continue
         for name, value in _COUNTER.findall(line.split("stopped: ", 1)[1]):
-            totals[name] = totals.get(name, 0) + int(value)
+            key = name.strip().replace(" ", "_")
+            totals[key] = totals.get(key, 0) + int(value)
     return totals

@@ -141,7 +141,7 @@ def scenario_nats_outage(
     return result
 
 
-_STATS = re.compile(r"stopped: ShipperStats\(published=(\d+), duplicates=(\d+)")
+_STATS = re.compile(r"stopped after [\d.]+ s: (\d+) published, (\d+) duplicates")
 
 
 def scenario_nats_freeze(
