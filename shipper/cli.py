@@ -31,9 +31,11 @@ from outbox.sqlite import create_outbox_engine, sqlite_file
 from outbox.stream_spec import DEFAULT_STREAM, STREAM_ENV, STREAM_MAX_AGE_ENV
 from shipper.config import ShipperConfig, redact_url
 from shipper.lease import LEASE_NAME
+from shipper.peek import peek
 from shipper.worker import Shipper
 from usage_runtime.flags import add_flag, parse_bool
 from usage_runtime.logs import configure_logging
+from usage_runtime.nats import CREDENTIAL_HINT, NatsRefused
 from usage_runtime.signals import stop_on_signals
 
 EXIT_CONFIG = 2
@@ -354,6 +356,31 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+#: The run options ``peek`` takes: where NATS is, how to log in, which stream.
+_PEEK_FIELDS = frozenset(
+    {
+        "nats_servers",
+        "nats_user",
+        "nats_password",
+        "nats_token",
+        "nats_nkey_seed_file",
+        "nats_creds_file",
+        "connect_timeout",
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "consul_host",
+        "consul_port",
+        "consul_scheme",
+        "consul_ca_file",
+        "consul_timeout",
+        "consul_token",
+        "consul_service",
+        "stream",
+    }
+)
+
+
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     for option in options:
         if option.parse is _bool:
@@ -447,6 +474,19 @@ def _parser() -> argparse.ArgumentParser:
     database_only = [o for o in OPTIONS if o.field == "database_url"]
     status = commands.add_parser("status", help="pending and dead counts, oldest age, last error")
     _add_options(status, database_only)
+    peek_command = commands.add_parser(
+        "peek",
+        help="print the usage events stored in the stream (read-only)",
+        description="Print subject, headers and payload of the usage events in the stream, "
+        "read by sequence: no consumer is created and nothing is acknowledged.",
+    )
+    _add_options(peek_command, [o for o in OPTIONS if o.field in _PEEK_FIELDS])
+    peek_command.add_argument(
+        "--last", type=int, default=10, metavar="N", help="show the last N events (default 10)"
+    )
+    peek_command.add_argument(
+        "--follow", action="store_true", help="then keep printing new ones until Ctrl-C"
+    )
     migrate_command = commands.add_parser(
         "migrate",
         help="create the outbox tables, or bring them to this version's schema",
@@ -509,6 +549,20 @@ async def _run(config: ShipperConfig) -> int:
         )
         return 1
     return 0
+
+
+async def _peek(config: ShipperConfig, last: int, follow: bool) -> int:
+    stop = asyncio.Event()
+    try:
+        with stop_on_signals(stop.set):
+            await peek(config, last=last, follow=follow, stop=stop, show=_show)
+    except NatsRefused as exc:
+        raise ConfigError(f"nats refused the connection: {exc} ({CREDENTIAL_HINT})") from exc
+    return 0
+
+
+def _show(text: str) -> None:
+    print(text, flush=True)  # --follow into a pipe: each event as it comes
 
 
 async def _with_store(url: str, action: Callable[[Any], Any]) -> None:
@@ -671,6 +725,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             log.debug("starting with %s", config.redacted(), extra={"action": "settings"})
             return asyncio.run(_run(config))
         configure_logging("text", "WARNING")
+        if args.command == "peek":
+            if args.last < 0:
+                raise ConfigError("peek: --last must be 0 or more")
+            return asyncio.run(_peek(build_config(args, environment), args.last, args.follow))
         if args.command == "migrate":
             target = args.database_url or environment.get("USAGE_OUTBOX_URL") or DEFAULT_PATH
             target = resolve_url(target)
