@@ -24,22 +24,25 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import nats
 import sqlalchemy as sa
+from nats.aio.msg import Msg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.config import BillingConfig
 from billing.consumer import BillingConsumer
 from billing.database import BillingDatabase
 from billing.pricing import compute_charge, quantize_usage
+from billing.store import Outcome
 from outbox import Outbox, create_outbox_engine, record_usage
 from outbox import migrate as outbox_migrate
 from outbox.errors import InvalidUsageEvent
-from outbox.schema import outbox_table
+from outbox.schema import lease_table, outbox_table
 from outbox.stream_spec import DEFAULT_STREAM
 from usage_demo.natsserver import NatsServer
 from usage_demo.traffic import (
@@ -65,6 +68,12 @@ class Demo:
         self.shipper_restarts = 0
         self.nats_restarts = 0
         self.replayed = 0
+        # Message ids of the replays published, and of those billing absorbed as
+        # duplicates: every replay is checked by its own id, not by a count that the
+        # outage's own duplicates can make up.
+        self.replay_ids: set[str] = set()
+        self.absorbed_replays: set[str] = set()
+        self._log_seen = 0  # bytes of shipper.log already scanned for lease news
         self.stop_billing = asyncio.Event()
         self.progress = asyncio.Condition()  # notified as events are written
         self.writing_done = False
@@ -186,7 +195,8 @@ class Demo:
                     database_url=f"sqlite+aiosqlite:///{self.billing_db}",
                     nats_url=self.nats.url,
                     ack_wait=5.0,
-                )
+                ),
+                after_commit=self.note_absorbed,
             )
             billing_task = asyncio.create_task(self.consumer.run(self.stop_billing))
             await self.show_refusal()
@@ -258,10 +268,23 @@ class Demo:
                     self.start_shipper()
                 print(f"-- restarted nats-server after {self.args.outage:.0f} s")
             else:
+                # Kill a shipper at work (holding the lease), not one still starting up.
+                await self.wait_for("the shipper to hold the lease", self.shipper_holds_lease, 30)
                 self.kill_shipper()
                 self.shipper_restarts += 1
                 print(f"\n-- killed the shipper (SIGKILL) at {len(self.written)} events written")
                 self.start_shipper()
+
+    async def shipper_holds_lease(self) -> bool:
+        if self.shipper is None:
+            return False
+        engine = create_outbox_engine(f"sqlite+aiosqlite:///{self.service_db}")
+        try:
+            async with engine.connect() as conn:
+                owner = await conn.scalar(sa.select(lease_table.c.owner))
+        finally:
+            await engine.dispose()
+        return owner is not None and f":{self.shipper.pid}:" in owner
 
     async def pending_in_outbox(self) -> tuple[int, int]:
         engine = create_outbox_engine(f"sqlite+aiosqlite:///{self.service_db}")
@@ -281,8 +304,29 @@ class Demo:
         ) as db:
             return await db.event_states()
 
+    async def note_absorbed(self, messages: Sequence[Msg], outcomes: Sequence[Outcome]) -> None:
+        for message, outcome in zip(messages, outcomes, strict=True):
+            msg_id = (message.headers or {}).get("Nats-Msg-Id", "")
+            if outcome is Outcome.DUPLICATE and msg_id.startswith(REPLAY_PREFIX):
+                self.absorbed_replays.add(msg_id)
+
+    def show_lease_news(self) -> None:
+        """Say on screen when a restarted shipper waits for a dead one's lease, or takes
+        it over at once (it is gone from this host): read from the shipper's log."""
+        path = self.workdir / "shipper.log"
+        with path.open("rb") as log:
+            log.seek(self._log_seen)
+            fresh = log.read()
+        cut = fresh.rfind(b"\n") + 1  # whole lines only; the rest next time
+        self._log_seen += cut
+        for line in fresh[:cut].decode("utf-8", "replace").splitlines():
+            if "waiting for its lease" in line or "taking over at once" in line:
+                message = line.split(" shipper: ", 1)[-1]
+                print(f"\n-- restarted shipper: {message}", flush=True)
+
     async def show_progress(self) -> None:
         while True:
+            self.show_lease_news()
             pending, dead = await self.pending_in_outbox()
             written = len(self.written)
             stats = self.consumer.stats if self.consumer else None
@@ -302,8 +346,7 @@ class Demo:
         return len(await self.billed_ids()) >= len(self.written)
 
     async def replays_absorbed(self) -> bool:
-        assert self.consumer is not None
-        return self.consumer.stats.duplicates >= self.replayed
+        return self.replay_ids <= self.absorbed_replays
 
     async def wait_for(self, what: str, condition: Any, within: float) -> None:
         """Poll ``condition`` (a database or counter check) until true or ``within`` s."""
@@ -324,10 +367,11 @@ class Demo:
             for seq in range(info.state.first_seq, info.state.first_seq + count):
                 message = await js.get_msg(DEFAULT_STREAM, seq)
                 headers = dict(message.headers or {})
-                headers["Nats-Msg-Id"] = f"replay-{headers.get('Nats-Msg-Id')}"
+                headers["Nats-Msg-Id"] = f"{REPLAY_PREFIX}{headers.get('Nats-Msg-Id')}"
                 ack = await js.publish(message.subject, message.data, headers=headers)
                 if not ack.duplicate:
                     self.replayed += 1
+                    self.replay_ids.add(headers["Nats-Msg-Id"])
         finally:
             await client.close()
         print(f"-- replayed {self.replayed} already-billed events with fresh message ids")
@@ -400,7 +444,11 @@ class Demo:
                 "stream holds each written event once, plus the replays",
                 stream_messages == len(written) + self.replayed,
             ),
-            ("every replay absorbed by billing's inbox", stats.duplicates >= self.replayed),
+            (
+                f"each of the {len(self.replay_ids)} replays absorbed by billing's inbox "
+                "(checked by message id)",
+                bool(self.replay_ids) and self.replay_ids <= self.absorbed_replays,
+            ),
             ("ledger audit (one debit per billed event, balances = -debits)", audit.ok),
             (
                 "total charged = priced sum of the events written",
@@ -426,6 +474,9 @@ class Demo:
         print("all checks passed" if not failed else f"{failed} checks FAILED")
         return 0 if not failed else 1
 
+
+#: Replays carry this before the original message id, as a fresh Nats-Msg-Id.
+REPLAY_PREFIX = "replay-"
 
 _current_call: contextvars.ContextVar[Call] = contextvars.ContextVar("current_call")
 
