@@ -28,10 +28,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import nats
 import nats.errors
@@ -50,6 +50,7 @@ from billing.metrics import ConsumerMetrics, metrics_for
 from billing.report import Audit, BillingReport
 from billing.store import Delivery, Item, Outcome, Rejection, Usage
 from usage_runtime.nats import CREDENTIAL_HINT, NatsRefused, auth_options, open_connection
+from usage_runtime.signals import unless_stopped
 
 logger = logging.getLogger("billing.consumer")
 
@@ -209,7 +210,7 @@ class BillingConsumer:
                     return await connecting
                 # nats-py's first connect retries for ever (max_reconnect_attempts=-1)
                 # and never looks at ``stop``: race it, so a stop ends the wait at once.
-                return await _unless_stopped(connecting, stop)
+                return await unless_stopped(connecting, stop)
             except NatsRefused as exc:
                 raise BillingConfigError(
                     f"nats refused the connection: {exc} ({CREDENTIAL_HINT})"
@@ -469,25 +470,6 @@ def _decode(message: Msg) -> Item:
         return Usage(delivery, decode_usage_event(message.data), message.data)
     except InvalidPayload as exc:
         return Rejection(delivery, message.data, exc.reason, event_id=exc.event_id)
-
-
-async def _unless_stopped(
-    connecting: Coroutine[Any, Any, NatsClient], stop: asyncio.Event
-) -> NatsClient | None:
-    """The connection ``connecting`` opens, or None when ``stop`` is set first (the
-    attempt is then cancelled, which closes its socket)."""
-    task = asyncio.ensure_future(connecting)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, stopping, return_exceptions=True)
-    if task.cancelled():
-        return None
-    return task.result()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:

@@ -29,13 +29,14 @@ from outbox.errors import ConfigError, OutboxError, OutboxSchemaError
 from outbox.service import DEFAULT_PATH, resolve_url
 from outbox.sqlite import create_outbox_engine, sqlite_file
 from outbox.stream_spec import DEFAULT_STREAM, STREAM_ENV, STREAM_MAX_AGE_ENV
-from shipper.config import ShipperConfig, redact_url
+from shipper.config import ShipperConfig
 from shipper.lease import LEASE_NAME
 from shipper.peek import peek
 from shipper.worker import Shipper
 from usage_runtime.flags import add_flag, parse_bool
 from usage_runtime.logs import configure_logging
 from usage_runtime.nats import CREDENTIAL_HINT, NatsRefused
+from usage_runtime.redact import redact_url
 from usage_runtime.signals import stop_on_signals
 
 EXIT_CONFIG = 2

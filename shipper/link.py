@@ -27,6 +27,7 @@ from shipper.stats import ShipperStats
 from shipper.stream import StreamChoice, ensure_stream
 from usage_runtime.nats import CREDENTIAL_HINT, NatsRefused
 from usage_runtime.redact import redact_url
+from usage_runtime.signals import unless_stopped
 
 logger = logging.getLogger("shipper")
 
@@ -161,18 +162,10 @@ class JetStreamLink:
         """Await ``connecting`` unless a stop comes first. nats-py's first connect retries
         each server ``max_reconnect_attempts`` times, ``reconnect_time_wait`` apart (for
         ever when that is negative), so a stop must not wait for it."""
-        task = asyncio.create_task(connecting, name="shipper-connect")
-        stopping = asyncio.create_task(self._stop.wait(), name="shipper-connect-stop")
-        try:
-            await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not task.done():
-                task.cancel()
-            await asyncio.gather(task, stopping, return_exceptions=True)
-        if task.cancelled():
+        client = await unless_stopped(connecting, self._stop)
+        if client is None:
             raise TransientError("stopped while connecting")
-        return task.result()
+        return client
 
     async def close(self) -> None:
         if self._publisher is not None:

@@ -32,7 +32,7 @@ from outbox.errors import OutboxStoreError
 from outbox.sqlite import create_outbox_engine, sqlite_file
 from outbox.transactions import Transactions
 from shipper.batch import Ahead, Batch, Flight, Settlement, retry_at
-from shipper.config import ShipperConfig, redact_url
+from shipper.config import ShipperConfig
 from shipper.errors import ConfigError, LeaseLost, TransientError
 from shipper.lease import LEASE_NAME, Lease
 from shipper.link import JetStreamLink
@@ -42,6 +42,7 @@ from shipper.rows import Refusal, to_message
 from shipper.stats import ShipperStats
 from shipper.stream import STREAM_RISK_NOTE
 from shipper.tidy import TIDY_PAUSE, Tidier
+from usage_runtime.redact import redact_url
 from usage_runtime.signals import sleep_unless_stopped
 
 logger = logging.getLogger("shipper")
@@ -623,7 +624,11 @@ class Shipper:
         self.stats.last_error = str(error)
         if str(error) != self._problem or self._failing_since is None:
             self._problem = str(error)
-            self.metrics.problem(self._problem, time.time())
+            shown = self._problem
+            if shown.startswith(DATABASE_TROUBLE) and error is not None:
+                # A driver's message can quote SQL parameters: /readyz gets the type only.
+                shown = f"{DATABASE_TROUBLE}{type(error.__cause__ or error).__name__}"
+            self.metrics.problem(shown, time.time())
         if self._failing_since is None:
             self._failing_since = time.time()
             logger.warning(

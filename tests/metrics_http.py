@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
+
+#: The log line a component writes once its metrics port is up.
+SERVING = re.compile(r"serving /metrics, /healthz and /readyz on (http://[\d.]+:\d+)")
+
+
+def served_url(log: Path) -> str | None:
+    """The metrics base URL a component's log names (its first), or None yet."""
+    match = SERVING.search(log.read_text()) if log.exists() else None
+    return match.group(1) if match else None
 
 
 async def http_get(url: str, path: str, *, within: float = 5.0) -> tuple[int, str]:

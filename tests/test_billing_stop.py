@@ -30,12 +30,8 @@ def _migrated(path: Path) -> bool:
 
 
 @pytest.fixture
-def refused_url() -> str:
-    """A loopback port nobody listens on: every connect is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"nats://127.0.0.1:{port}"
+def refused_url(refused_nats_url: str) -> str:
+    return refused_nats_url
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     REPO,
     msg_ids,
@@ -26,6 +25,7 @@ from tests.fixtures.shipper import (
     shipper_env,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 NOBODY = 65534
 

@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from outbox import metadata, record_usage_sync
 from outbox.migrate import head_revision
 from outbox.schema import VERSION_TABLE
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     msg_ids,
     pending,
@@ -23,6 +22,7 @@ from tests.fixtures.shipper import (
     shipper_env,
     usage_args,
 )
+from usage_demo.natsserver import NatsServer
 
 
 def _host_creates_tables(path: Path, schema: sa.MetaData = metadata, events: int = 5) -> list[str]:

@@ -5,11 +5,9 @@ wrong path) creates nothing and says so with the absolute path: at start-up, in
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 from pathlib import Path
 
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     CliProcesses,
     pending,
@@ -18,9 +16,8 @@ from tests.fixtures.shipper import (
     wait_until,
     write_events,
 )
-from tests.metrics_http import ready
-
-_SERVING = re.compile(r"serving /metrics, /healthz and /readyz on (http://[\d.]+:\d+)")
+from tests.metrics_http import ready, served_url
+from usage_demo.natsserver import NatsServer
 
 
 async def test_no_database_configured_waits_for_the_file_and_says_where(
@@ -40,9 +37,9 @@ async def test_no_database_configured_waits_for_the_file_and_says_where(
     )
     await wait_until(lambda: "no outbox database at" in log.read_text(), 20)
     assert f"no outbox database at {expected}: waiting for the service" in log.read_text()
-    match = _SERVING.search(log.read_text())
-    assert match is not None, log.read_text()
-    code, body = await ready(match.group(1))
+    url = served_url(log)
+    assert url is not None, log.read_text()
+    code, body = await ready(url)
     assert code == 503 and f"no outbox database at {expected}" in body, body
     assert not expected.exists(), "the shipper created the outbox it looks for"
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import nats
 
-from shipper.natsserver import NatsServer
 from tests.fixtures.shipper import (
     CliProcesses,
     run_cli,
@@ -17,6 +16,7 @@ from tests.fixtures.shipper import (
     wait_until,
     write_events,
 )
+from usage_demo.natsserver import NatsServer
 
 
 async def _ship(path: Path, count: int, url: str) -> list[str]:

@@ -26,16 +26,12 @@ from tests.fixtures.shipper import (
     wait_until,
     write_events,
 )
-from tests.metrics_http import ready
-
-_SERVING = re.compile(r"serving /metrics, /healthz and /readyz on (http://[\d.]+:\d+)")
+from tests.metrics_http import ready, served_url
 
 
 @pytest.fixture
-def refused_nats() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"nats://127.0.0.1:{sock.getsockname()[1]}"
+def refused_nats(refused_nats_url: str) -> str:
+    return refused_nats_url
 
 
 def _last_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -76,10 +72,9 @@ async def test_an_outage_is_visible_in_status_and_readyz_while_it_is_retried(
         env=shipper_env(USAGE_OUTBOX_URL=str(path), NATS_URL=refused_nats),
         log_path=log,
     )
-    await wait_until(lambda: _SERVING.search(log.read_text()), 20, message="metrics served")
-    match = _SERVING.search(log.read_text())
-    assert match is not None
-    url = match.group(1)
+    await wait_until(lambda: served_url(log), 20, message="metrics served")
+    url = served_url(log)
+    assert url is not None
 
     def status() -> str:
         result = run_cli("status", env=shipper_env(USAGE_OUTBOX_URL=str(path)))

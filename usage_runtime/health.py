@@ -10,7 +10,9 @@ billing consumer (:mod:`shipper.metrics`, :mod:`billing.metrics`).
   cannot answer, which is what a liveness probe should see).
 * ``/readyz``: 200 when connected to NATS, the stream answers and the database answers;
   503 with a one-line reason otherwise. Reasons name a state or an exception type,
-  never a message that could carry a URL, a credential or a payload.
+  never a message that could carry a credential or a payload; the shipper's reason is
+  the problem it is waiting out (``cannot connect to nats nats://h:4222: connection
+  refused (since 08:14:02)``), whose URLs are redacted like its log lines.
 * ``/metrics``: the component's own registry (never the global one, so several
   components can live in one process), refreshed first by the component's callback.
 """

@@ -1,5 +1,5 @@
 """Stop requests: SIGTERM / SIGINT as one (installed for a block and restored after it),
-and a sleep that a stop cuts short.
+and a sleep and an await that a stop cuts short.
 
 Handlers are installed by the command lines only (never by a constructor), so tests and
 programs embedding the shipper or the consumer keep their own; the previous handlers are
@@ -11,7 +11,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 logger = logging.getLogger("usage_runtime.signals")
 
@@ -52,3 +55,21 @@ async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
     """Sleep, but wake at once when ``stop`` is set: a stop must not wait out a backoff."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """``work``'s result, or None when ``stop`` is set first (``work`` is then cancelled).
+    For calls that never look at ``stop`` themselves, such as nats-py's first connect,
+    which retries each server for a while (for ever with ``max_reconnect_attempts=-1``)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, stopping, return_exceptions=True)
+    if task.cancelled():
+        return None
+    return task.result()
