@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.shipper import (
-    REPO,
     msg_ids,
     read_stream,
     run_cli,
+    run_module,
     shipper_env,
     write_events,
 )
@@ -31,14 +31,7 @@ NOBODY = 65534
 
 
 def _help(*argv: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", *argv, "--help"],
-        env=shipper_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    result = run_module(*argv, "--help", timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

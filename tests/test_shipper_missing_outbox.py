@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from tests.fixtures.shipper import (
+    WATCHED_RUN,
     CliProcesses,
     pending,
     run_cli,
@@ -26,11 +27,7 @@ async def test_no_database_configured_waits_for_the_file_and_says_where(
     expected = tmp_path / "usage-outbox.db"  # the default, in the working directory
     log = tmp_path / "shipper.log"
     process = cli_processes.start(
-        "run",
-        "--metrics-port",
-        "0",
-        "--backoff-cap",
-        "0.5",
+        *WATCHED_RUN,
         env=shipper_env(NATS_URL=nats_server.url),
         log_path=log,
         cwd=tmp_path,

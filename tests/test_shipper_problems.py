@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.shipper import (
+    WATCHED_RUN,
     CliProcesses,
     pending,
     run_cli,
@@ -64,11 +65,7 @@ async def test_an_outage_is_visible_in_status_and_readyz_while_it_is_retried(
     await write_events(path, 3)
     log = tmp_path / "shipper.log"
     process = cli_processes.start(
-        "run",
-        "--metrics-port",
-        "0",
-        "--backoff-cap",
-        "0.5",
+        *WATCHED_RUN,
         env=shipper_env(USAGE_OUTBOX_URL=str(path), NATS_URL=refused_nats),
         log_path=log,
     )
