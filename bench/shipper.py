@@ -17,7 +17,10 @@ Rows:
 1. Raw JetStream publishing, no database: (a) nats-py ``js.publish_async`` with a pending
    window of 4,000 (every future bounded: a lost PubAck is counted, it cannot hang the
    run); (b) a lean pipelined publisher, plain ``nc.publish`` with a reply inbox and one
-   wildcard subscription collecting PubAcks, sliding window of 4,000; (c) sequential
+   wildcard subscription collecting PubAcks, sliding window of 4,000; (c) fast-ingest
+   batches (ADR-50, ``shipper.fastingest``'s protocol) of the shipper's batch size with
+   HPUB frames built before the clock starts, two batches open at once, at the shipper's
+   flow and at the ``--flows`` beside it (how the default flow was chosen); (d) sequential
    ``await js.publish``, for reference.
 2. The shipper, in this process, draining a pre-filled outbox with ``exit_when_idle``:
    events/s from ``Shipper.run()`` being called to the last message stored (start-up,
@@ -27,7 +30,9 @@ Rows:
    returned is shown apart: an idle shipper tidies the file (gives free pages back) before
    an exit-when-idle run ends, which is not shipping; after ``--grace`` s it is stopped.
    Beside it, the CPU each part used from ``run()`` to the last PubAck (:mod:`bench.cpu`):
-   the event loop's thread, the database thread, nats-server, the whole machine.
+   the event loop's thread, the database thread, nats-server, the whole machine. Then
+   the same drain with the stream's ``allow_batched`` turned off: the per-message
+   fallback the shipper picks at run time for such a stream (or a server before 2.14).
 3. The legacy way: connect, ``js.publish`` (waiting for the PubAck), close, per event.
    The legacy code also asked Consul per event; that is left out, so this is generous.
 4. Latency at a steady 1,000 events/s: a writer process calls ``Outbox.record`` on a fixed
@@ -81,7 +86,10 @@ from bench import cpu
 from outbox import Outbox, build_usage_event
 from outbox.sqlite import sqlite_url
 from outbox.stream_spec import DEFAULT_STREAM_SUBJECTS, OWN_SUBJECTS
+from shipper import frames
 from shipper.config import ShipperConfig
+from shipper.fastingest import DEFAULT_FLOW
+from shipper.publisher import Message as PublisherMessage
 from shipper.worker import Shipper
 from usage_demo.natsserver import NatsServer, find_nats_server_binary
 
@@ -166,8 +174,9 @@ def rfc3339_seconds(text: str) -> float:
 # -- the server and the stream -----------------------------------------------------------
 
 
-async def create_stream(admin: Client) -> None:
-    """The stream as ``shipper.stream.ensure_stream`` creates it, so the shipper adopts it."""
+async def create_stream(admin: Client, *, batched: bool = True) -> None:
+    """The stream as ``shipper.stream.ensure_stream`` creates it, so the shipper adopts it
+    (``batched=False``: as an operator's stream without ``allow_batched``)."""
     await admin.jetstream().add_stream(
         StreamConfig(
             name=STREAM,
@@ -176,8 +185,16 @@ async def create_stream(admin: Client) -> None:
             num_replicas=DEFAULTS.replicas,
             duplicate_window=DEFAULTS.duplicate_window,
             max_age=DEFAULTS.stream_max_age,
+            allow_batched=batched,
         )
     )
+
+
+async def set_batched(admin: Client, batched: bool) -> None:
+    js = admin.jetstream()
+    config = (await js.stream_info(STREAM)).config
+    config.allow_batched = batched
+    await js.update_stream(config)
 
 
 async def purge(admin: Client) -> None:
@@ -295,6 +312,84 @@ async def bench_lean(url: str, messages: list[Message], window: int) -> Rate:
                 await acks.done.wait()
         elapsed = perf() - start
         return Rate(len(messages), elapsed, lost=len(messages) - acks.answered, errors=acks.errors)
+    finally:
+        await nc.close()
+
+
+class _FastAcks:
+    """Final PubAcks of fast-ingest batches: how many batches are open, what they stored."""
+
+    def __init__(self, batches: int, open_at_most: int) -> None:
+        self.remaining = batches
+        self.open = 0
+        self.open_at_most = open_at_most
+        self.stored = 0
+        self.errors = 0
+        self.room = asyncio.Event()
+        self.done = asyncio.Event()
+
+    async def on_reply(self, msg: Msg) -> None:
+        data = msg.data
+        if data.startswith(b'{"type":"ack"'):
+            return  # flow acks: a batch of 1,000 fits in the window, nothing waits on them
+        if data.startswith(b'{"type":') or b'"error"' in data:
+            self.errors += 1
+            return
+        self.stored += json.loads(data)["count"]
+        self.open -= 1
+        self.remaining -= 1
+        if self.open < self.open_at_most:
+            self.room.set()
+        if self.remaining == 0:
+            self.done.set()
+
+
+async def bench_fast_ingest(
+    url: str, messages: list[Message], *, batch: int, flow: int, open_at_most: int = 2
+) -> Rate:
+    """Fast-ingest batches of ``batch`` messages (gap = fail, ``flow`` asked), HPUB frames
+    built before the clock starts and written ``batch`` at a time into nats-py's buffer
+    (``shipper.frames``), ``open_at_most`` batches unanswered at once (the shipper has two
+    when one is claimed while the other waits). The ceiling for the shipper's fast path:
+    no database, no per-row work."""
+    nc = await nats.connect(url)
+    try:
+        prefix = nc.new_inbox()
+        chunks: list[list[bytes]] = []
+        for number, first in enumerate(range(0, len(messages), batch)):
+            part = messages[first : first + batch]
+            reply = f"{prefix}.{number}.{flow}.fail."
+            chunks.append(
+                [
+                    frames.hpub_frame(
+                        PublisherMessage(subject, payload, headers),
+                        f"{reply}{i}.{0 if i == 1 else 2 if i == len(part) else 1}.$FI",
+                    )
+                    for i, (subject, payload, headers) in enumerate(part, 1)
+                ]
+            )
+        acks = _FastAcks(len(chunks), open_at_most)
+        await nc.subscribe(
+            f"{prefix}.>", cb=acks.on_reply, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
+        gc.collect()
+        start = perf()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(budget(len(messages))):
+                for chunk in chunks:
+                    if acks.open >= open_at_most:
+                        acks.room.clear()
+                        await acks.room.wait()
+                    acks.open += 1
+                    await frames.write_frames(nc, chunk)
+                await acks.done.wait()
+        elapsed = perf() - start
+        return Rate(
+            len(messages),
+            elapsed,
+            lost=len(messages) - acks.stored - acks.errors,
+            errors=acks.errors,
+        )
     finally:
         await nc.close()
 
@@ -764,18 +859,31 @@ def print_table(rows: list[Row], out: Callable[[str], None] = print) -> None:
         out(" | ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
 
 
+@dataclass
+class Ceilings:
+    publish_async: Rate
+    lean: Rate
+    fast: Rate  # fast-ingest at the shipper's flow
+    flows: dict[int, Rate]  # fast-ingest at other flows, for choosing the default
+
+
 def table(
     window: int,
-    ceiling_async: Rate,
-    ceiling_lean: Rate,
+    ceilings: Ceilings,
     sequential: Rate,
     legacy: Rate,
     drain: Drain,
+    fallback: Drain,
     latency: Latency,
     memory: Memory,
 ) -> list[Row]:
+    ceiling_async, ceiling_lean, fast = ceilings.publish_async, ceilings.lean, ceilings.fast
     shipped = drain.per_s
     drain_note = "" if drain.clean else " [INCOMPLETE]"
+    lean_ratio = shipped / ceiling_lean.per_s
+    sweep = ", ".join(
+        f"flow {flow}: {per_s(rate.per_s)}{checked(rate)}" for flow, rate in ceilings.flows.items()
+    )
     rows = [
         Row(
             f"js.publish_async, window {window:,} ({ceiling_async.events:,}, no DB)",
@@ -788,6 +896,14 @@ def table(
             f"lean nc.publish + 1 ack sub, window {window:,} ({ceiling_lean.events:,})",
             per_s(ceiling_lean.per_s),
             f"ceiling{checked(ceiling_lean)}",
+            "-",
+            "info",
+        ),
+        Row(
+            f"fast-ingest, pre-built frames, batches of {DEFAULTS.batch_size:,}, "
+            f"flow {DEFAULT_FLOW} ({fast.events:,})",
+            per_s(fast.per_s),
+            f"ceiling{checked(fast)}; {sweep}" if sweep else f"ceiling{checked(fast)}",
             "-",
             "info",
         ),
@@ -825,11 +941,27 @@ def table(
             verdict(shipped / ceiling_async.per_s >= 0.9),
         ),
         Row(
-            "shipper / lean ceiling",
-            f"{shipped / ceiling_lean.per_s:.2f}x",
-            f"drain only {drain.drain_per_s / ceiling_lean.per_s:.2f}x",
-            "-",
-            "info",
+            "shipper / lean per-message-ack ceiling",
+            f"{lean_ratio:.2f}x",
+            f"drain only {drain.drain_per_s / ceiling_lean.per_s:.2f}x"
+            + ("; stretch 1.5x reached" if lean_ratio >= 1.5 else "; stretch 1.5x not"),
+            ">= 1.00x",
+            verdict(lean_ratio >= 1.0),
+        ),
+        Row(
+            "shipper / fast-ingest ceiling",
+            f"{shipped / fast.per_s:.2f}x",
+            f"drain only {drain.drain_per_s / fast.per_s:.2f}x",
+            ">= 0.70x",
+            verdict(shipped / fast.per_s >= 0.7),
+        ),
+        Row(
+            f"fallback: shipper per message ({fallback.events:,} rows, no allow_batched)",
+            per_s(fallback.per_s) + ("" if fallback.clean else " [INCOMPLETE]"),
+            f"{fallback.per_s / ceiling_async.per_s:.2f}x publish_async; drain only "
+            f"{per_s(fallback.drain_per_s)}; {fallback.per_s / ceiling_lean.per_s:.2f}x lean",
+            ">= 0.90x publish_async",
+            verdict(fallback.per_s / ceiling_async.per_s >= 0.9 and fallback.clean),
         ),
         Row(
             "shipper / legacy",
@@ -924,6 +1056,23 @@ async def run(args: argparse.Namespace) -> list[Row]:
                     server.url, build_messages(args.ceiling_events), window
                 )
                 await purge(admin)
+                progress(f"fast-ingest ceiling (flow {DEFAULT_FLOW}, then {args.flows})")
+                fast = await bench_fast_ingest(
+                    server.url,
+                    build_messages(args.ceiling_events),
+                    batch=DEFAULTS.batch_size,
+                    flow=DEFAULT_FLOW,
+                )
+                await purge(admin)
+                flows: dict[int, Rate] = {}
+                for flow in args.flows:
+                    flows[flow] = await bench_fast_ingest(
+                        server.url,
+                        build_messages(args.ceiling_events),
+                        batch=DEFAULTS.batch_size,
+                        flow=flow,
+                    )
+                    await purge(admin)
                 progress("sequential js.publish")
                 sequential = await bench_sequential(server.url, build_messages(args.sequential))
                 progress("legacy")
@@ -932,6 +1081,12 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 drain = await bench_shipper(
                     directory, server, admin, args.events, args.grace, args.profile
                 )
+                progress("shipper drain, per-message fallback (stream without allow_batched)")
+                await set_batched(admin, False)
+                fallback = await bench_shipper(
+                    directory, server, admin, args.events, args.grace, None
+                )
+                await set_batched(admin, True)
                 progress(f"latency ({args.latency_rate:,.0f}/s for {args.latency_seconds:.0f} s)")
                 latency = await bench_latency(
                     directory,
@@ -948,7 +1103,16 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 await admin.close()
         finally:
             server.stop()
-    return table(window, ceiling_async, ceiling_lean, sequential, legacy, drain, latency, memory)
+    return table(
+        window,
+        Ceilings(ceiling_async, ceiling_lean, fast, flows),
+        sequential,
+        legacy,
+        drain,
+        fallback,
+        latency,
+        memory,
+    )
 
 
 def server_version() -> str:
@@ -967,6 +1131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ceiling-events", type=int, default=None, help="messages per ceiling (default --events)"
     )
     parser.add_argument("--window", type=int, default=4_000, help="ceiling publish window")
+    parser.add_argument(
+        "--flows",
+        type=lambda text: [int(part) for part in text.split(",") if part],
+        default=[100, 500],
+        help="other fast-ingest flows to measure beside the shipper's (default 100,500)",
+    )
     parser.add_argument("--sequential", type=int, default=5_000, help="sequential js.publish")
     parser.add_argument("--legacy", type=int, default=2_000, help="legacy per-event publishes")
     parser.add_argument("--latency-rate", type=float, default=1_000.0, help="writer events/s")

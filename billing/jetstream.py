@@ -88,6 +88,7 @@ async def ensure_stream(js: JetStreamContext, config: BillingConfig) -> str:
                 storage=StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_SECONDS,
                 max_age=config.stream_max_age,
+                allow_batched=True,  # as the shipper creates it: its fast-ingest batches
             )
         )
         logger.info("created stream %s", config.stream, extra={"action": "stream_created"})

@@ -227,6 +227,13 @@ OPTIONS: tuple[Option, ...] = (
         "unacknowledged publishes at most (default 4000)",
     ),
     Option(
+        "--batch-publish",
+        "SHIPPER_BATCH_PUBLISH",
+        "batch_publish",
+        _bool,
+        "fast-ingest batches where nats-server 2.14+ and the stream allow them (default true)",
+    ),
+    Option(
         "--poll-interval",
         "SHIPPER_POLL_INTERVAL",
         "poll_interval",

@@ -59,6 +59,8 @@ class ShipperConfig:
     # the loop
     batch_size: int = 1000
     max_in_flight: int = 4000
+    # fast-ingest batches where nats-server (2.14+) and the stream allow them
+    batch_publish: bool = True
     poll_interval: float = 0.01  # a read with no write lock: cheap enough to run often
     publish_timeout: float = 5.0
     max_attempts: int = 8

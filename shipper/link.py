@@ -21,6 +21,7 @@ from shipper.config import ShipperConfig
 from shipper.connection import connect
 from shipper.discovery import Discovery
 from shipper.errors import ConfigError, TransientError
+from shipper.fastingest import FastIngestPublisher, server_supports_batches
 from shipper.metrics import ShipperMetrics
 from shipper.publisher import Publisher
 from shipper.stats import ShipperStats
@@ -51,14 +52,17 @@ class JetStreamLink:
         self._discovery = Discovery(config)
         self._client: Client | None = None
         self._closed = asyncio.Event()  # set by the connection's callbacks, or by close()
-        self._publisher: Publisher | None = None
+        self._publisher: Publisher | FastIngestPublisher | None = None
+        self._mode: str | None = None  # the publish mode last announced
+        # Message ids sent without an answer, kept across connections (FastIngestPublisher)
+        self._unsure: set[str] = set()
         self._stream_ready = False  # ensure_stream succeeded on the current connection
         #: The stream last checked, with what about it can lose events (None before).
         self.stream: StreamChoice | None = None
         self._stop_deadline: float | None = None
 
     @property
-    def publisher(self) -> Publisher:
+    def publisher(self) -> Publisher | FastIngestPublisher:
         assert self._publisher is not None, "JetStreamLink.ensure() builds the publisher"
         return self._publisher
 
@@ -134,11 +138,7 @@ class JetStreamLink:
         try:
             js = client.jetstream(timeout=self.config.publish_timeout)
             choice = await ensure_stream(js, self.config)
-            publisher = Publisher(
-                client,
-                timeout=self.config.publish_timeout,
-                max_in_flight=self.config.max_in_flight,
-            )
+            publisher = await self._publisher_for(client, choice.name)
             await publisher.start()
         except ConfigError:
             raise
@@ -157,6 +157,54 @@ class JetStreamLink:
     def _chose(self, choice: StreamChoice) -> None:
         self.stream = choice
         self.metrics.stream_risks(choice.risks)
+
+    async def _publisher_for(self, client: Client, stream: str) -> Publisher | FastIngestPublisher:
+        """Fast-ingest batches when the server (2.14+) and the stream (``allow_batched``)
+        take them, else one PubAck per message; announced when the choice changes. The
+        shipper never changes an operator's stream to get batches."""
+        per_message = Publisher(
+            client, timeout=self.config.publish_timeout, max_in_flight=self.config.max_in_flight
+        )
+        version = client.connected_server_version
+        if not self.config.batch_publish:
+            why = "batch publishing is turned off (--batch-publish false)"
+        elif not server_supports_batches(version):
+            why = f"nats-server {version} is older than 2.14"
+        else:
+            info = await client.jetstream(timeout=self.config.publish_timeout).stream_info(stream)
+            why = (
+                ""
+                if info.config.allow_batched
+                else (
+                    f"stream {stream} does not set allow_batched (the shipper never changes an "
+                    "operator's stream; set it to ship about twice as fast)"
+                )
+            )
+        publisher: Publisher | FastIngestPublisher = (
+            FastIngestPublisher(
+                client, per_message, timeout=self.config.publish_timeout, unsure=self._unsure
+            )
+            if not why
+            else per_message
+        )
+        mode = "fast_ingest" if not why else "per_message"
+        self.metrics.publish_mode(mode)
+        if mode != self._mode:
+            self._mode = mode
+            if why:
+                logger.info(
+                    "publishing with one PubAck per message: %s",
+                    why,
+                    extra={"action": "publish_mode", "mode": mode},
+                )
+            else:
+                logger.info(
+                    "publishing in fast-ingest batches (nats-server %s, stream %s)",
+                    version,
+                    stream,
+                    extra={"action": "publish_mode", "mode": mode},
+                )
+        return publisher
 
     async def _unless_stopped(self, connecting: Coroutine[Any, Any, Client]) -> Client:
         """Await ``connecting`` unless a stop comes first. nats-py's first connect retries

@@ -26,6 +26,9 @@ Metric names (all prefixed ``usage_shipper_``)::
     dead_lettered_total                 counter  rows this process moved to dead
     nats_connections_total              counter  NATS connections this process set up
     nats_reconnects_total               counter  reconnects nats-py made within them
+    publish_mode{mode}                  gauge    1 for the mode in use: fast_ingest (batches,
+                                                 nats-server 2.14+ and allow_batched) or
+                                                 per_message (one PubAck per message)
 """
 
 from __future__ import annotations
@@ -107,6 +110,9 @@ class ShipperMetrics:
     def problem(self, text: str | None, since: float | None) -> None:
         """The shipper backs off from ``text`` (since ``since``, Unix s); None: it ships."""
 
+    def publish_mode(self, mode: str) -> None:
+        """The connection publishes in ``mode``: ``fast_ingest`` or ``per_message``."""
+
 
 class PrometheusShipperMetrics(ShipperMetrics):
     def __init__(
@@ -158,6 +164,13 @@ class PrometheusShipperMetrics(ShipperMetrics):
             "unread messages (max_msgs, max_bytes, max_msgs_per_subject, max_age), or "
             "subjects that do not capture multi-token usage subjects",
             ["limit"],
+            registry=r,
+        )
+        self.mode = Gauge(
+            "usage_shipper_publish_mode",
+            "1 for the publish mode in use: fast_ingest (batches with one flow ack per "
+            "many messages) or per_message (one PubAck per message)",
+            ["mode"],
             registry=r,
         )
         for outcome in ("new", "duplicate"):
@@ -246,6 +259,10 @@ class PrometheusShipperMetrics(ShipperMetrics):
     def dead_lettered(self, count: int) -> None:
         if count:
             self.dead.inc(count)
+
+    def publish_mode(self, mode: str) -> None:
+        for each in ("fast_ingest", "per_message"):
+            self.mode.labels(each).set(1 if each == mode else 0)
 
     # -- read at scrape time ---------------------------------------------------------------
 

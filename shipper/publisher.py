@@ -137,8 +137,11 @@ class Publisher:
         self._cutoff = at if self._cutoff is None else min(at, self._cutoff)
         self._cut.set()
 
-    async def publish(self, messages: Sequence[Message]) -> list[Result]:
-        """Publish ``messages`` pipelined, at most ``max_in_flight`` unanswered at once.
+    async def publish(
+        self, messages: Sequence[Message], *, one_by_one: bool = True
+    ) -> list[Result]:
+        """Publish ``messages`` pipelined, at most ``max_in_flight`` unanswered at once
+        (``one_by_one``: always, here; see :class:`shipper.fastingest.FastIngestPublisher`).
 
         Raises :class:`TransientError` when the connection cannot take the messages at all;
         otherwise returns one result per message, in order.

@@ -456,7 +456,11 @@ class Shipper:
         outcome = Settlement(dead=list(batch.refused))
         started = time.monotonic()
         try:
-            results = await publisher.publish(batch.messages) if batch.messages else []
+            results = (
+                await publisher.publish(batch.messages, one_by_one=batch.suspect)
+                if batch.messages
+                else []
+            )
         except TransientError as exc:
             self.metrics.publish_failed(batch)
             outcome.release.extend(row.id for row in batch.sendable)

@@ -601,6 +601,23 @@ class ScenarioResult:
         return "\n".join(lines)
 
 
+#: What the shipper logs on connecting, per publish path (shipper.link).
+PUBLISH_MODE_LINES = {
+    True: "publishing in fast-ingest batches",
+    False: "publishing with one PubAck per message",
+}
+
+
+def check_publish_mode(result: ScenarioResult, shipper_log: str, batch_publish: bool) -> None:
+    """The scenario ran on the publish path it was meant to (and only on that one)."""
+    result.check(
+        PUBLISH_MODE_LINES[batch_publish] in shipper_log
+        and PUBLISH_MODE_LINES[not batch_publish] not in shipper_log,
+        f"the shipper did not publish only as asked (batch_publish={batch_publish})",
+    )
+    result.notes.append(f"publish path: {PUBLISH_MODE_LINES[batch_publish]}")
+
+
 def check_writers(result: ScenarioResult, results: Sequence[WriterResult]) -> None:
     """No error of any kind reached a writer."""
     errors = sum(r.errors for r in results)

@@ -19,6 +19,7 @@ import pytest
 from tests.faults.harness import (
     ScenarioResult,
     Workspace,
+    check_publish_mode,
     check_writers,
     consumer_deliveries,
     crash_loop,
@@ -39,16 +40,18 @@ def scenario_shipper_crash_loop(
     write_seconds: float = 25.0,
     seed: int | None = None,
     binary: str | None = None,
+    batch_publish: bool = True,
 ) -> ScenarioResult:
     """Scenario 1: ``writers`` processes write ``events`` in about ``write_seconds`` while
-    the shipper is SIGKILLed at least ``kills`` times (and for as long as they write)."""
+    the shipper is SIGKILLed at least ``kills`` times (and for as long as they write).
+    ``batch_publish``: fast-ingest batches (False: one PubAck per message)."""
     seed = random.randrange(2**32) if seed is None else seed
     rng = random.Random(seed)
     with timed() as elapsed, Workspace(root) as ws:
         nats = NatsServer(root / "nats", binary=binary).start()
         try:
             ws.set_prices()
-            shipper = ws.shipper(nats.url)
+            shipper = ws.shipper(nats.url, batch_publish=batch_publish)
             billing = ws.billing(nats.url)
             per_writer = events // writers
             group = ws.writers(writers, events=per_writer, rate=per_writer / write_seconds)
@@ -84,6 +87,7 @@ def scenario_shipper_crash_loop(
         ]
         result = ScenarioResult("1 shipper crash loop", report, made, elapsed(), notes)
     check_writers(result, results)
+    check_publish_mode(result, shipper.log_text(), batch_publish)
     result.check(made >= kills, f"only {made} SIGKILLs, {kills} asked for")
     result.check(shipper_exit == 0 and billing_exit == 0, "a clean stop did not exit 0")
     return result
@@ -147,10 +151,13 @@ def scenario_billing_crash_loop(
     return result
 
 
+@pytest.mark.parametrize("batch_publish", [True, False], ids=["fast_ingest", "per_message"])
 def test_shipper_sigkilled_twenty_times_loses_and_duplicates_nothing(
-    tmp_path: Path, nats_server_binary: str
+    tmp_path: Path, nats_server_binary: str, batch_publish: bool
 ) -> None:
-    result = scenario_shipper_crash_loop(tmp_path, binary=nats_server_binary)
+    result = scenario_shipper_crash_loop(
+        tmp_path, binary=nats_server_binary, batch_publish=batch_publish
+    )
     print(result.summary())
     assert result.ok, result.summary()
 

@@ -24,6 +24,7 @@ from tests.faults.harness import (
     ScenarioResult,
     Workspace,
     WriterResult,
+    check_publish_mode,
     check_writers,
     count_lines,
     percentile,
@@ -66,6 +67,7 @@ def scenario_nats_outage(
     rate: float = 150.0,
     crash: bool = False,
     binary: str | None = None,
+    batch_publish: bool = True,
 ) -> ScenarioResult:
     """Scenario 2: stop NATS for ``outage`` s while ``writers`` processes (half through
     ``Outbox``, half through ``record_usage`` in a session) write ``rate`` events/s each.
@@ -74,7 +76,7 @@ def scenario_nats_outage(
         nats = NatsServer(root / "nats", binary=binary).start()
         try:
             ws.set_prices()
-            shipper = ws.shipper(nats.url)
+            shipper = ws.shipper(nats.url, batch_publish=batch_publish)
             billing = ws.billing(nats.url)
             warm_up = 3.0  # process start-up; excluded from the latency windows
             per_writer = int(rate * (warm_up + before + outage + after))
@@ -115,6 +117,7 @@ def scenario_nats_outage(
             f"shipper/billing exit codes {shipper_exit}/{billing_exit}",
         ]
         check_writers(result, results)
+        check_publish_mode(result, shipper.log_text(), batch_publish)
         result.check(backlog > 0, "nothing piled up during the outage: was NATS really down?")
         result.check(shipper_exit == 0 and billing_exit == 0, "a clean stop did not exit 0")
         for api in ("outbox", "session", None):
@@ -154,6 +157,7 @@ def scenario_nats_freeze(
     rate: float = 300.0,
     seed: int | None = None,
     binary: str | None = None,
+    batch_publish: bool = True,
 ) -> ScenarioResult:
     """Scenario 3: SIGSTOP NATS ``freezes`` times for ``freeze`` s (longer than the
     shipper's ``publish_timeout``), SIGCONT after each, while events keep coming."""
@@ -163,7 +167,9 @@ def scenario_nats_freeze(
         nats = NatsServer(root / "nats", binary=binary).start()
         try:
             ws.set_prices()
-            shipper = ws.shipper(nats.url, publish_timeout=publish_timeout)
+            shipper = ws.shipper(
+                nats.url, publish_timeout=publish_timeout, batch_publish=batch_publish
+            )
             billing = ws.billing(nats.url)
             gap = (0.5, 1.5)
             span = 3.0 + freezes * (freeze + gap[1]) + 1.0
@@ -197,6 +203,7 @@ def scenario_nats_freeze(
             f"shipper/billing exit codes {shipper_exit}/{billing_exit}",
         ]
         check_writers(result, results)
+        check_publish_mode(result, log, batch_publish)
         result.check(timeouts > 0, "no publish timed out: the freeze did not take effect")
         result.check(stats is not None, "the shipper did not log its final counters")
         result.check(duplicates > 0, "no retry came back as a duplicate")
@@ -204,17 +211,19 @@ def scenario_nats_freeze(
     return result
 
 
+@pytest.mark.parametrize("batch_publish", [True, False], ids=["fast_ingest", "per_message"])
 def test_nats_outage_writers_unaffected_and_everything_ships_after(
-    tmp_path: Path, nats_server_binary: str
+    tmp_path: Path, nats_server_binary: str, batch_publish: bool
 ) -> None:
-    result = scenario_nats_outage(tmp_path, binary=nats_server_binary)
+    result = scenario_nats_outage(tmp_path, binary=nats_server_binary, batch_publish=batch_publish)
     print(result.summary())
     assert result.ok, result.summary()
 
 
+@pytest.mark.parametrize("batch_publish", [True, False], ids=["fast_ingest", "per_message"])
 def test_nats_freeze_timed_out_publishes_are_not_duplicated_in_the_stream(
-    tmp_path: Path, nats_server_binary: str
+    tmp_path: Path, nats_server_binary: str, batch_publish: bool
 ) -> None:
-    result = scenario_nats_freeze(tmp_path, binary=nats_server_binary)
+    result = scenario_nats_freeze(tmp_path, binary=nats_server_binary, batch_publish=batch_publish)
     print(result.summary())
     assert result.ok, result.summary()
