@@ -13,11 +13,16 @@ every transaction on aiosqlite, 30 ms with the writer's group commits run as bel
 SQLite file, so the lock is held for the body's own statements and nothing else. On any
 other database (or in-memory SQLite, which a second engine would not see) the body runs
 through the async engine's ``run_sync``: same code, same transaction semantics.
+
+On an SQLite file each write transaction also holds the outbox's write lock file
+(:mod:`outbox.writelock`), taken before ``BEGIN IMMEDIATE``: writers and the shipper
+queue for the file in the kernel instead of polling in SQLite's busy handler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.sqlite import configure_sqlite, create_outbox_sync_engine, sqlite_file
+from outbox.writelock import WriteLock
 
 T = TypeVar("T")
 Body = Callable[..., T]
@@ -45,7 +51,10 @@ class Transactions:
         self.write_engine: sa.Engine | None = None
         self._read_engine: sa.Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
-        if sqlite_file(engine.url) is not None:
+        self._lock: WriteLock | None = None
+        database = sqlite_file(engine.url)
+        if database is not None:
+            self._lock = WriteLock(database)
             url = engine.url.set(drivername="sqlite")
             self.write_engine = create_outbox_sync_engine(url)
             self._read_engine = sa.create_engine(url, pool_size=1, max_overflow=0)
@@ -57,7 +66,7 @@ class Transactions:
         if self.write_engine is None:
             async with self.engine.begin() as conn:
                 return await conn.run_sync(body, *args, **kwargs)
-        return await self._in_thread(_write, self.write_engine, body, args, kwargs)
+        return await self._in_thread(_write, self.write_engine, self._lock, body, args, kwargs)
 
     async def read(self, body: Body[T], /, *args: Any, **kwargs: Any) -> T:
         """``body(connection, *args, **kwargs)`` on a connection that takes no write lock."""
@@ -97,10 +106,14 @@ class Transactions:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(executor, _dispose, engines)
         executor.shutdown(wait=False)
+        if self._lock is not None:
+            self._lock.close()
 
 
-def _write(engine: sa.Engine, body: Body[T], args: tuple[Any, ...], kwargs: Any) -> T:
-    with engine.begin() as conn:
+def _write(
+    engine: sa.Engine, lock: WriteLock | None, body: Body[T], args: tuple[Any, ...], kwargs: Any
+) -> T:
+    with lock.held() if lock is not None else contextlib.nullcontext(), engine.begin() as conn:
         return body(conn, *args, **kwargs)
 
 

@@ -1,0 +1,113 @@
+"""The outbox's write lock file: writers and the shipper queue in the kernel (flock)."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from outbox import Outbox
+from outbox.sqlite import create_outbox_engine, sqlite_url
+from outbox.transactions import Transactions
+from outbox.writelock import WriteLock, lock_path
+from tests.fixtures.shipper import usage_args
+
+_HOLDER = """
+import sys
+from outbox.writelock import WriteLock
+with WriteLock(sys.argv[1]).held():
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _is_held(database: Path) -> bool:
+    """Whether some other open file holds the lock (a non-blocking try of our own)."""
+    fd = os.open(lock_path(str(database)), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False
+
+
+@contextmanager
+def _held_by_another_process(database: Path) -> Iterator[None]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(database)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(10)
+
+
+def test_the_lock_excludes_another_process_and_is_released_after(outbox_path: Path) -> None:
+    assert not _is_held(outbox_path)
+    with _held_by_another_process(outbox_path):
+        assert _is_held(outbox_path)
+    assert not _is_held(outbox_path)
+
+
+def test_the_lock_file_gets_the_database_files_mode(outbox_path: Path) -> None:
+    os.chmod(outbox_path, 0o640)
+    lock = WriteLock(str(outbox_path))
+    with lock.held():
+        pass
+    lock.close()
+    assert stat.S_IMODE(os.stat(lock_path(str(outbox_path))).st_mode) == 0o640
+
+
+async def test_a_transaction_holds_the_lock_only_while_it_runs(outbox_path: Path) -> None:
+    engine = create_outbox_engine(sqlite_url(outbox_path))
+    db = Transactions(engine)
+    try:
+        seen = await db.write(lambda conn: _is_held(outbox_path))
+        assert seen, "the write transaction ran without the lock"
+        assert not _is_held(outbox_path)
+        with pytest.raises(sa.exc.OperationalError):
+            await db.write(lambda conn: conn.exec_driver_sql("SELECT * FROM no_such_table"))
+        assert not _is_held(outbox_path), "a transaction that failed kept the lock"
+    finally:
+        await db.close()
+        await engine.dispose()
+
+
+async def test_outbox_writers_wait_for_the_lock_another_process_holds(outbox_path: Path) -> None:
+    async with Outbox(outbox_path) as outbox:
+        await outbox.record(**usage_args(0))  # opened and migrated
+        with _held_by_another_process(outbox_path):
+            recording = asyncio.create_task(outbox.record(**usage_args(1)))
+            done, _ = await asyncio.wait({recording}, timeout=0.5)
+            assert not done, "Outbox committed while another process held the write lock"
+        await asyncio.wait_for(recording, 10)
+
+
+async def test_writes_go_on_when_the_lock_file_cannot_be_opened(
+    outbox_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    os.mkdir(lock_path(str(outbox_path)))  # a directory cannot be opened for writing
+    async with Outbox(outbox_path) as outbox:
+        await outbox.record(**usage_args(0))
+        await outbox.record(**usage_args(1))
+    warnings = [r for r in caplog.records if getattr(r, "action", "") == "write_lock_unavailable"]
+    assert len(warnings) == 1
