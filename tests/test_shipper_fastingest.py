@@ -17,8 +17,8 @@ from nats.js.api import StorageType, StreamConfig
 from nats.protocol import command
 
 from outbox.contract import contract_headers
+from outbox.stream_spec import DEFAULT_STREAM_SUBJECTS
 from shipper import frames
-from shipper.config import STREAM_SUBJECT
 from shipper.errors import TransientError
 from shipper.fastingest import FastIngestPublisher, server_supports_batches
 from shipper.publisher import Message, Outcome, Publisher
@@ -52,7 +52,7 @@ async def _stream(js: JetStreamContext, *, batched: bool, max_msg_size: int = -1
     await js.add_stream(
         StreamConfig(
             name="FAST",
-            subjects=[STREAM_SUBJECT],
+            subjects=list(DEFAULT_STREAM_SUBJECTS),
             storage=StorageType.FILE,
             allow_batched=batched,
             max_msg_size=max_msg_size,
