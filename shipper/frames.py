@@ -46,7 +46,7 @@ def header_block(headers: dict[str, str]) -> bytes:
 
 def hpub_frame(message: Message, reply: str) -> bytes:
     """One ``HPUB`` protocol frame: subject, reply subject, headers and payload."""
-    headers = header_block(message.headers)
+    headers = message.block or header_block(message.headers)
     payload = message.payload
     size = len(headers) + len(payload)
     line = f"HPUB {message.subject} {reply} {len(headers)} {size}\r\n".encode()

@@ -42,6 +42,8 @@ class Message:
     subject: str
     payload: bytes
     headers: dict[str, str]
+    #: The header block as it goes on the wire, when already built (shipper.frames)
+    block: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from outbox.contract import contract_headers
 from outbox.store import OutboxRow, stored_headers
 from outbox.subject import SUBJECT_PREFIX
+from shipper.frames import header_block
 from shipper.publisher import Message
 
 _SUBJECT = re.compile(re.escape(SUBJECT_PREFIX) + r"\.[^\s.*>]+")
@@ -26,15 +27,12 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LINE_BREAK = re.compile(r"[\r\n]")
 _HEADER_LINE_OVERHEAD = len(": \r\n")
 _HEADER_BLOCK_OVERHEAD = len("NATS/1.0\r\n\r\n")
-#: The header block of the contract headers (``contract_headers``) less the event id: the
-#: size check of a row the write API stored costs an addition, not a walk of the headers.
-_CONTRACT_HEADER_BYTES = (
-    sum(
-        len(k.encode()) + len(v.encode()) + _HEADER_LINE_OVERHEAD
-        for k, v in contract_headers("").items()
-    )
-    + _HEADER_BLOCK_OVERHEAD
-)
+#: The wire header block of the contract headers (``contract_headers``) up to the event
+#: id, which comes last: a row the write API stored gets its block (and the size check)
+#: by a concatenation, not a walk of the headers.
+_CONTRACT_BLOCK = header_block(contract_headers("\0"))
+_CONTRACT_BLOCK_HEAD, _CONTRACT_BLOCK_TAIL = _CONTRACT_BLOCK.split(b"\0")
+assert _CONTRACT_BLOCK_TAIL == b"\r\n\r\n", "Nats-Msg-Id must be the last contract header"
 _decode = json.JSONDecoder().decode
 
 
@@ -102,12 +100,13 @@ def to_message(row: OutboxRow, *, max_payload: int, parse_payload: bool) -> Mess
     # parse, and the header block's size is known.
     if row.headers == stored_headers(row.event_id):
         headers = contract_headers(row.event_id)
-        size = len(row.payload) + _CONTRACT_HEADER_BYTES + len(row.event_id.encode())
+        block = _CONTRACT_BLOCK_HEAD + row.event_id.encode() + _CONTRACT_BLOCK_TAIL
+        size = len(row.payload) + len(block)
     else:
         parsed = _headers(row)
         if isinstance(parsed, str):
             return Refusal(row, parsed)
-        headers = parsed
+        headers, block = parsed, b""
         size = wire_size(row.payload, headers)
     if (problem := _payload_problem(row, parse=parse_payload)) is not None:
         return Refusal(row, problem)
@@ -116,4 +115,4 @@ def to_message(row: OutboxRow, *, max_payload: int, parse_payload: bool) -> Mess
             row,
             f"message is {size} bytes with headers, over the server's max_payload {max_payload}",
         )
-    return Message(row.subject, row.payload, headers)
+    return Message(row.subject, row.payload, headers, block)

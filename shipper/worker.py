@@ -436,12 +436,10 @@ class Shipper:
     def _prepare(
         self, rows: list[store.OutboxRow], *, full: bool, buried: list[store.OutboxRow]
     ) -> Batch:
-        publisher = self._link.publisher
+        max_payload, parse = self._link.publisher.max_payload, self.config.parse_payloads
         batch = Batch(rows=rows, full=full, buried=buried)
         for row in rows:
-            prepared = to_message(
-                row, max_payload=publisher.max_payload, parse_payload=self.config.parse_payloads
-            )
+            prepared = to_message(row, max_payload=max_payload, parse_payload=parse)
             if isinstance(prepared, Refusal):
                 batch.refused.append(store.Failure(row.id, prepared.reason))
             else:
