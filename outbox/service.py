@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -27,11 +28,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import migrate, store
-from outbox.checkpoint import Checkpointer, no_autocheckpoint
 from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, UsageEvent, build_usage_event
 from outbox.drivers import async_url
 from outbox.errors import OutboxError, OutboxStoreError
-from outbox.sqlite import create_outbox_engine, is_sqlite, sqlite_url
+from outbox.sqlite import DEFAULT_BUSY_TIMEOUT_MS, create_outbox_engine, is_sqlite, sqlite_url
 from outbox.transactions import Transactions
 from outbox.write import UsageArgs, _insert_sync
 
@@ -62,6 +62,73 @@ def _plain_sqlite_file(url: str) -> str | None:
     return database
 
 
+class _Checkpointer:
+    """WAL checkpoints off the commit path.
+
+    SQLite's automatic checkpoint runs inside the commit that pushes the WAL past 1,000
+    pages, on the committing connection: every few thousand events one group commit paid
+    for copying and fsyncing the WAL, and every caller waiting on that group (and the next)
+    saw it. The ``Outbox`` engine turns the automatic checkpoint off and asks for a
+    ``PASSIVE`` checkpoint here, in a worker thread on a connection of its own, every
+    ``every_rows`` rows. A passive checkpoint never blocks writers or readers; what it
+    cannot copy yet (a reader still needs it) the next one does.
+    """
+
+    def __init__(self, path: str, every_rows: int) -> None:
+        self.path = path
+        self.every_rows = every_rows
+        self.checkpoints = 0
+        self._rows = 0
+        self._task: asyncio.Task[None] | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._tail_due = False
+
+    def wrote(self, rows: int) -> None:
+        self._rows += rows
+        if self._rows >= self.every_rows and self._task is None and not self._tail_due:
+            self._rows = 0
+            self._task = asyncio.create_task(asyncio.to_thread(self._checkpoint))
+
+    @property
+    def tail_due(self) -> bool:
+        """The background checkpoint is done: time for the writer to finish the job."""
+        if self._task is not None and self._task.done():
+            self._task = None
+            self._tail_due = True
+        return self._tail_due
+
+    async def tail(self) -> None:
+        """Checkpoint what was committed while the background pass ran, with the writer
+        paused (the caller is the writer). Little is left to copy, and with the WAL fully
+        checkpointed the next commit starts it over from the beginning, so it stays small.
+        A checkpoint that runs while commits keep coming never catches up: the WAL would
+        only ever grow."""
+        self._tail_due = False
+        await asyncio.to_thread(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        try:
+            if self._conn is None:
+                self._conn = sqlite3.connect(
+                    self.path,
+                    timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000,
+                    isolation_level=None,
+                    check_same_thread=False,  # one checkpoint at a time, in any worker thread
+                )
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.checkpoints += 1
+        except sqlite3.Error as exc:  # the next trigger tries again
+            logger.warning("outbox WAL checkpoint failed: %s", exc)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and task.get_loop() is _running_loop():
+            await asyncio.gather(task, return_exceptions=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class Outbox:
     """A standalone outbox with group commit. Use ``async with Outbox(path) as outbox``."""
 
@@ -81,7 +148,7 @@ class Outbox:
         self.checkpoint_every_rows = checkpoint_every_rows
         self._engine: AsyncEngine | None = None
         self._transactions: Transactions | None = None
-        self._checkpointer: Checkpointer | None = None
+        self._checkpointer: _Checkpointer | None = None
         self._queue: asyncio.Queue[_Waiter] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._open_lock = asyncio.Lock()
@@ -102,10 +169,10 @@ class Outbox:
                 transactions = Transactions(engine)
                 path = _plain_sqlite_file(self.url)
                 if path is not None and self.checkpoint_every_rows > 0:
-                    self._checkpointer = Checkpointer(path, self.checkpoint_every_rows)
-                    event.listen(engine.sync_engine, "connect", no_autocheckpoint)
+                    self._checkpointer = _Checkpointer(path, self.checkpoint_every_rows)
+                    event.listen(engine.sync_engine, "connect", _no_autocheckpoint)
                     if transactions.write_engine is not None:
-                        event.listen(transactions.write_engine, "connect", no_autocheckpoint)
+                        event.listen(transactions.write_engine, "connect", _no_autocheckpoint)
                 try:
                     if self.run_migrations:
                         await migrate.prepare_engine(engine)
@@ -227,3 +294,12 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
     with contextlib.suppress(RuntimeError):
         return asyncio.get_running_loop()
     return None
+
+
+def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
+    # The Outbox checkpoints in the background (_Checkpointer), never inside a commit.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA wal_autocheckpoint = 0")
+    finally:
+        cursor.close()

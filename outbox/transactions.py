@@ -16,7 +16,11 @@ through the async engine's ``run_sync``: same code, same transaction semantics.
 
 On an SQLite file each write transaction also holds the outbox's write lock file
 (:mod:`outbox.writelock`), taken before ``BEGIN IMMEDIATE``: writers and the shipper
-queue for the file in the kernel instead of polling in SQLite's busy handler.
+queue for the file in the kernel instead of polling in SQLite's busy handler. With
+``checkpoint_every`` the write connection's automatic WAL checkpoint (which runs inside
+the commit that fills the WAL past 1,000 pages, so with that lock still held) is off,
+and a ``PASSIVE`` checkpoint runs after every that many write transactions instead, on
+the same thread, once the lock is dropped.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.sqlite import configure_sqlite, create_outbox_sync_engine, sqlite_file
@@ -46,17 +52,21 @@ class Transactions:
     takes none (in WAL mode a read blocks no writer).
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, checkpoint_every: int = 0) -> None:
         self.engine = engine
         self.write_engine: sa.Engine | None = None
         self._read_engine: sa.Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock: WriteLock | None = None
+        self._checkpoints: _Checkpoints | None = None
         database = sqlite_file(engine.url)
         if database is not None:
             self._lock = WriteLock(database)
+            self._checkpoints = _Checkpoints(checkpoint_every)
             url = engine.url.set(drivername="sqlite")
             self.write_engine = create_outbox_sync_engine(url)
+            if checkpoint_every > 0:
+                event.listen(self.write_engine, "connect", _no_autocheckpoint)
             self._read_engine = sa.create_engine(url, pool_size=1, max_overflow=0)
             configure_sqlite(self._read_engine, begin_immediate=False)
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db")
@@ -66,7 +76,9 @@ class Transactions:
         if self.write_engine is None:
             async with self.engine.begin() as conn:
                 return await conn.run_sync(body, *args, **kwargs)
-        return await self._in_thread(_write, self.write_engine, self._lock, body, args, kwargs)
+        return await self._in_thread(
+            _write, self.write_engine, self._lock, self._checkpoints, body, args, kwargs
+        )
 
     async def read(self, body: Body[T], /, *args: Any, **kwargs: Any) -> T:
         """``body(connection, *args, **kwargs)`` on a connection that takes no write lock."""
@@ -110,11 +122,51 @@ class Transactions:
             self._lock.close()
 
 
+class _Checkpoints:
+    """Counts write transactions; used by the one worker thread only."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.writes = 0
+
+    def due(self) -> bool:
+        if self.every <= 0:
+            return False
+        self.writes += 1
+        if self.writes < self.every:
+            return False
+        self.writes = 0
+        return True
+
+
+def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint = 0")
+
+
 def _write(
-    engine: sa.Engine, lock: WriteLock | None, body: Body[T], args: tuple[Any, ...], kwargs: Any
+    engine: sa.Engine,
+    lock: WriteLock | None,
+    checkpoints: _Checkpoints | None,
+    body: Body[T],
+    args: tuple[Any, ...],
+    kwargs: Any,
 ) -> T:
     with lock.held() if lock is not None else contextlib.nullcontext(), engine.begin() as conn:
-        return body(conn, *args, **kwargs)
+        result = body(conn, *args, **kwargs)
+    if checkpoints is not None and checkpoints.due():
+        _checkpoint(engine)
+    return result
+
+
+def _checkpoint(engine: sa.Engine) -> None:
+    """A passive checkpoint (it waits for no writer or reader) outside any transaction."""
+    raw = engine.raw_connection()
+    try:
+        raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # type: ignore[union-attr]
+    except sqlite3.Error:
+        pass  # the next one copies what this one could not
+    finally:
+        raw.close()
 
 
 def _read(engine: sa.Engine, body: Body[T], args: tuple[Any, ...], kwargs: Any) -> T:

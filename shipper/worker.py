@@ -28,7 +28,6 @@ from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import migrate, store
-from outbox.checkpoint import Checkpointer
 from outbox.errors import OutboxStoreError
 from outbox.sqlite import create_outbox_engine, sqlite_file
 from outbox.transactions import Transactions
@@ -54,8 +53,8 @@ PROBLEM_NOTE = "problem"
 DATABASE_TROUBLE = "outbox database: "
 #: Longest writing a note may hold up the loop (the database may be slow or full).
 NOTE_TIMEOUT = 2.0
-#: Rows settled between passive WAL checkpoints (see outbox.checkpoint).
-CHECKPOINT_EVERY_ROWS = 5_000
+#: Write transactions between two passive WAL checkpoints (see Transactions).
+CHECKPOINT_EVERY = 4
 #: Acknowledged rows settled per write transaction at most: measured on the 2-core box,
 #: deleting 1,000 rows held the write lock 8-30 ms; 250 keep it to a few ms.
 SETTLE_CHUNK = 250
@@ -83,9 +82,6 @@ class Shipper:
         # Both made with the store, in _open_store:
         self._lease: Lease | None = None
         self._tidier: Tidier | None = None
-        # WAL checkpoints beside the settle transactions, never inside their commits
-        # (SQLite's automatic one would hold the write lock while it copies the WAL).
-        self._checkpointer: Checkpointer | None = None
         # Outcomes known and not yet written: the next transaction writes them (after an
         # error, the next drain's, or the shutdown's), and claims leave their rows out.
         self._unsettled = Settlement()
@@ -393,16 +389,11 @@ class Shipper:
             self._unsettled = Settlement()
             return
         settlement, self._unsettled = self._unsettled, Settlement()
-        checkpointer = self._checkpointer
         try:
-            if checkpointer is not None and checkpointer.tail_due:
-                await checkpointer.tail()
             while len(settlement.acked) > SETTLE_CHUNK:
                 # Acknowledged rows beyond one chunk go first, a chunk per transaction,
                 # so a writer waiting for the file waits for one short chunk at most.
                 await self.db.write(self._write_acked, settlement.acked[:SETTLE_CHUNK])
-                if checkpointer is not None:
-                    checkpointer.wrote(SETTLE_CHUNK)
                 del settlement.acked[:SETTLE_CHUNK]
             held = await self.db.write(self._write_commit, settlement, span, buried or [])
         except BaseException:
@@ -411,8 +402,6 @@ class Shipper:
             raise
         if held or span is None:
             self._span = span
-        if checkpointer is not None:
-            checkpointer.wrote(len(settlement.acked))
         self._record(settlement)
         if span is not None and not held:
             raise LeaseLost("another shipper took this outbox's lease")
@@ -588,7 +577,9 @@ class Shipper:
         if not await self._wait_for_file():
             return False
         if self._db is None:
-            self._db = Transactions(self.engine)
+            # WAL checkpoints after the write lock is dropped, not inside a commit that
+            # holds it (SQLite's automatic checkpoint would make writers wait for it).
+            self._db = Transactions(self.engine, checkpoint_every=CHECKPOINT_EVERY)
             self._lease = Lease(
                 self.engine, owner=self.owner, ttl=self.config.lease_ttl, stop=self._stop
             )
@@ -635,8 +626,6 @@ class Shipper:
                 with contextlib.suppress(SQLAlchemyError):
                     await self._commit(span=None)
             await self._db.close()
-        if self._checkpointer is not None:
-            await self._checkpointer.close()
         if self._engine is not None:
             if self._lease is not None:
                 with contextlib.suppress(SQLAlchemyError):
