@@ -71,12 +71,23 @@ def _refuse_constant(name: str) -> Any:
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in document:
-            raise InvalidPayload(f"payload is ambiguous: duplicate key {key!r}")
-        document[key] = value
+    document = dict(pairs)
+    if len(document) != len(pairs):  # the cheap test first: this runs for every object
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidPayload(f"payload is ambiguous: duplicate key {key!r}")
+            seen.add(key)
     return document
+
+
+#: One decoder for every payload: ``json.loads`` with options builds a new one per call.
+_DECODER: Final = json.JSONDecoder(
+    parse_float=Decimal,
+    parse_int=Decimal,
+    parse_constant=_refuse_constant,
+    object_pairs_hook=_unique_object,
+)
 
 
 def _parse(data: bytes) -> dict[str, Any]:
@@ -85,13 +96,7 @@ def _parse(data: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise InvalidPayload(f"payload is not UTF-8: {exc.reason} at byte {exc.start}") from exc
     try:
-        document = json.loads(
-            text,
-            parse_float=Decimal,
-            parse_int=Decimal,
-            parse_constant=_refuse_constant,
-            object_pairs_hook=_unique_object,
-        )
+        document = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidPayload(f"payload is not valid JSON: {exc}") from exc
     except RecursionError as exc:

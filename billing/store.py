@@ -231,17 +231,20 @@ async def _prices_for(
 
 
 async def _insert_records(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
-    inserted: set[str] = set()
-    for chunk in _chunks(rows):
-        statement = (
-            _insert(conn, billing_records)
-            .values(list(chunk))
-            # No conflict target: a clash on the key or on event_id is a duplicate alike.
-            .on_conflict_do_nothing()
-            .returning(billing_records.c.idempotency_key)
-        )
-        inserted.update(await conn.scalars(statement))
-    return inserted
+    """Insert the rows that are new; return their keys. One statement per batch: the
+    parameter list goes through SQLAlchemy's "insertmanyvalues", which packs it into
+    multi-row ``VALUES`` pages from one cached compiled statement (building a statement
+    with the rows inlined would compile it anew for every batch: most of the time once)."""
+    if not rows:
+        return set()
+    statement = (
+        _insert(conn, billing_records)
+        # No conflict target: a clash on the key or on event_id is a duplicate alike.
+        .on_conflict_do_nothing()
+        .returning(billing_records.c.idempotency_key)
+    )
+    result = await conn.execute(statement, list(rows))
+    return set(result.scalars())
 
 
 async def _update_wallets(conn: AsyncConnection, deltas: dict[str, Decimal], now: datetime) -> None:
@@ -284,9 +287,7 @@ async def _insert_rejections(
         return
     e = rejected_events
     keys = [e.c.stream, e.c.stream_seq, e.c.payload_sha256]
-    for chunk in _chunks(rows):
-        statement = _insert(conn, e).on_conflict_do_nothing(index_elements=keys)
-        await conn.execute(statement, list(chunk))
+    await conn.execute(_insert(conn, e).on_conflict_do_nothing(index_elements=keys), rows)
 
 
 # -- prices -------------------------------------------------------------------------------
