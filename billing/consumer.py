@@ -47,6 +47,7 @@ from billing.decode import decode_usage_event
 from billing.engines import create_billing_engine
 from billing.errors import BillingConfigError, BillingError, InvalidPayload
 from billing.metrics import ConsumerMetrics, metrics_for
+from billing.puller import BatchPuller, ConsumerGone
 from billing.report import Audit, BillingReport
 from billing.store import Delivery, Item, Outcome, Rejection, Usage
 from usage_runtime.nats import CREDENTIAL_HINT, NatsRefused, auth_options, open_connection
@@ -113,7 +114,9 @@ class BillingConsumer:
         self._after_commit = after_commit
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._puller: BatchPuller | None = None
+        #: The next batch, fetched while the one in hand is applied (see :meth:`step`).
+        self._prefetch: asyncio.Task[list[Msg]] | None = None
         self._closing = False
         self.stream: str | None = None
         #: ``new``, ``connecting``, ``waiting_for_stream``, ``consuming`` or ``closed``.
@@ -131,7 +134,7 @@ class BillingConsumer:
 
     @property
     def started(self) -> bool:
-        return self._sub is not None
+        return self._puller is not None
 
     async def start(self, stop: asyncio.Event | None = None) -> bool:
         """Migrate (if configured), connect, and bind to the durable consumer.
@@ -154,7 +157,7 @@ class BillingConsumer:
         self._nc, self._js = nc, nc.jetstream()
         while True:
             try:
-                self.stream, self._sub = await jetstream.subscribe(self._js, self.config)
+                await self._bind(nc, self._js)
                 break
             except jetstream.StreamUnavailable as exc:
                 if stop is None:
@@ -227,7 +230,11 @@ class BillingConsumer:
     async def close(self) -> None:
         """Close the connection (pending acks are flushed) and the engine if owned."""
         await self.metrics.stop()
-        self._sub = None
+        await self._release_unprocessed()
+        puller, self._puller = self._puller, None
+        if puller is not None:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await puller.close()
         if self.state != "new":
             self.state = "closed"
         nc, self._nc = self._nc, None
@@ -300,31 +307,61 @@ class BillingConsumer:
     async def step(self, wait: float) -> int | None:
         """Fetch one batch (waiting up to ``wait`` s) and process it.
 
+        While a batch is applied, the next one is already being fetched: the database's
+        work (its own thread, or the PostgreSQL server) overlaps the network's, and the
+        fetched batch is acknowledged only after its own commit, in the next step.
+
         Returns the number of messages handled, 0 when none came, None after a fetch error
         (the caller backs off).
         """
-        if self._sub is None:
+        puller = self._puller
+        if puller is None:
             raise BillingError("the consumer is not started")
         try:
-            messages = await self._sub.fetch(self.config.batch_size, timeout=wait)
-        except TimeoutError:  # nats' TimeoutError and FetchTimeoutError are TimeoutErrors
-            return 0
+            messages = await self._next_batch(puller, wait)
         except nats.errors.ConnectionClosedError:
             raise
-        except nats.js.errors.NotFoundError as exc:
+        except ConsumerGone as exc:
             # The consumer or its stream was deleted: set them up again.
             self.stats.fetch_errors += 1
-            logger.warning(
-                "fetch: %s; re-creating the consumer", exc, extra={"action": "resubscribe"}
-            )
+            logger.warning("fetch: %s; re-creating it", exc, extra={"action": "resubscribe"})
             await self._resubscribe()
             return None
         except nats.errors.Error as exc:
             self.stats.fetch_errors += 1
             logger.warning("fetch failed: %r", exc, extra={"action": "fetch_failed"})
             return None
+        if not messages:
+            return 0
+        self._prefetch = asyncio.create_task(puller.fetch(self.config.batch_size, wait))
         await self.process(messages)
         return len(messages)
+
+    async def _next_batch(self, puller: BatchPuller, wait: float) -> list[Msg]:
+        task, self._prefetch = self._prefetch, None
+        if task is not None:
+            return await task
+        return await puller.fetch(self.config.batch_size, wait)
+
+    async def _release_unprocessed(self) -> None:
+        """Closing: hand delivered-but-unprocessed messages back (``nak``) at once, so
+        another process gets them now rather than after ``ack_wait``."""
+        task, self._prefetch = self._prefetch, None
+        held: list[Msg] = []
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                held.extend(await task)
+        if self._puller is not None:
+            held.extend(self._puller.take_unprocessed())
+        if not held or self._nc is None or self._nc.is_closed:
+            return
+        for message in held:
+            with contextlib.suppress(nats.errors.Error):
+                await message.nak()
+        logger.info(
+            "handed back %d fetched, unprocessed messages", len(held), extra={"action": "nak"}
+        )
 
     async def process(self, messages: Sequence[Msg]) -> list[Outcome]:
         """Decode, apply in one transaction, then acknowledge each message by its outcome."""
@@ -427,11 +464,24 @@ class BillingConsumer:
             else:
                 stats.retried += 1
 
+    async def _bind(self, nc: NatsClient, js: JetStreamContext) -> None:
+        """Ensure the stream and the durable consumer, and fetch from it from now on."""
+        stream = await jetstream.ensure_stream(js, self.config)
+        await js.add_consumer(stream, jetstream.consumer_config(self.config))
+        if self._puller is not None and stream == self.stream:
+            return
+        puller = BatchPuller(nc, stream, self.config.durable)
+        await puller.start()
+        if self._puller is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._puller.close()
+        self.stream, self._puller = stream, puller
+
     async def _resubscribe(self) -> None:
-        if self._js is None:
+        if self._js is None or self._nc is None:
             return
         try:
-            self.stream, self._sub = await jetstream.subscribe(self._js, self.config)
+            await self._bind(self._nc, self._js)
         except (nats.errors.Error, BillingError) as exc:
             logger.warning("re-subscribe failed: %r", exc, extra={"action": "resubscribe_failed"})
 
