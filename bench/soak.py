@@ -5,10 +5,12 @@
     .venv/bin/python -m bench.soak --only 1,2 --seed 7  # chosen scenarios, reproducible
 
 Runs the same scenario functions as the CI tests in ``tests/faults`` (shipper crash loop,
-NATS outage stopped and SIGKILLed, NATS freeze, billing crash loop, many writers), each
-ending with the one audit, with sizes scaled by ``--minutes``: every round is at least
-the base size (60,000 events and 30 SIGKILLs of the shipper, a 30 s NATS outage, ...),
-growing up to five times that for long soaks; rounds repeat, with fresh seeds, until the
+NATS outage stopped and SIGKILLed, NATS freeze, billing crash loop, many writers, and 10:
+four billing processes on one durable on the local PostgreSQL, one SIGKILLed at random
+every few seconds), each ending with the one audit, with sizes scaled by ``--minutes``:
+every round is at least the base size (60,000 events and 30 SIGKILLs of the shipper, a
+30 s NATS outage, 50,000 events for scenario 10, ...), growing up to five times that for
+long soaks; rounds repeat, with fresh seeds, until the
 time is used up (always at least one round). Each scenario prints what it did and what
 it found; the end is a table, and the exit code is 1 if anything failed.
 
@@ -28,6 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.faults.harness import ScenarioResult
+from tests.faults.test_billing_scale_out import (
+    DEFAULT_POSTGRES,
+    scenario_billing_scale_out,
+    throwaway_postgres,
+)
 from tests.faults.test_crash_loops import scenario_billing_crash_loop, scenario_shipper_crash_loop
 from tests.faults.test_many_writers import scenario_many_writers
 from tests.faults.test_nats_outage import scenario_nats_freeze, scenario_nats_outage
@@ -73,6 +80,21 @@ def _many_writers(root: Path, scale: float, seed: int) -> ScenarioResult:
     return scenario_many_writers(root, writers=8, events=int(2_500 * scale))
 
 
+def _billing_scale_out(root: Path, scale: float, seed: int) -> ScenarioResult:
+    # 4 processes on one durable need PostgreSQL: a throwaway database on the local server.
+    with throwaway_postgres(DEFAULT_POSTGRES) as url:
+        return scenario_billing_scale_out(
+            root,
+            postgres_url=url,
+            events=int(50_000 * scale),
+            writers=4,
+            write_seconds=40.0 * scale,
+            kills=int(20 * scale),
+            replays=int(5_000 * scale),
+            seed=seed,
+        )
+
+
 #: Scenario number (as in the issue) -> (label, runner). 2 runs twice: stopped, SIGKILLed.
 SCENARIOS: dict[str, list[tuple[str, Scenario]]] = {
     "1": [("1 shipper crash loop", _shipper_crash_loop)],
@@ -80,6 +102,7 @@ SCENARIOS: dict[str, list[tuple[str, Scenario]]] = {
     "3": [("3 NATS freeze", _nats_freeze)],
     "5": [("5 billing crash loop", _billing_crash_loop)],
     "6": [("6 many writers", _many_writers)],
+    "10": [("10 billing scale-out (PG)", _billing_scale_out)],
 }
 
 

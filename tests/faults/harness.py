@@ -376,8 +376,10 @@ class Writers:
 class Workspace:
     """Files and processes of one scenario run under ``root``; closing kills what runs."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, billing_url: str | None = None) -> None:
+        """``billing_url``: billing's database (default: an SQLite file under ``root``)."""
         self.root = Path(root)
+        self._billing_url = billing_url
         self.root.mkdir(parents=True, exist_ok=True)
         self.outbox_path = self.root / "outbox.db"
         self.billing_path = self.root / "billing.db"
@@ -394,7 +396,7 @@ class Workspace:
 
     @property
     def billing_url(self) -> str:
-        return f"sqlite+aiosqlite:///{self.billing_path}"
+        return self._billing_url or f"sqlite+aiosqlite:///{self.billing_path}"
 
     # -- processes -----------------------------------------------------------------------
 
@@ -411,14 +413,16 @@ class Workspace:
         proc = self.proc("shipper", [sys.executable, "-m", "shipper", "run"], env)
         return proc.start() if start else proc
 
-    def billing(self, nats_url: str, *, start: bool = True, **settings: object) -> Proc:
+    def billing(
+        self, nats_url: str, *, start: bool = True, name: str = "billing", **settings: object
+    ) -> Proc:
         """``python -m billing run`` on this billing database; keywords are ``BILLING_*``
-        settings over :data:`BILLING_DEFAULTS`."""
+        settings over :data:`BILLING_DEFAULTS`. Several consumers need several ``name``s."""
         env = clean_env(
             NATS_URL=nats_url, BILLING_DATABASE_URL=self.billing_url, USAGE_CREATE_STREAM="false"
         )
         env.update(_settings_env("BILLING_", {**BILLING_DEFAULTS, **settings}))
-        proc = self.proc("billing", [sys.executable, "-m", "billing", "run"], env)
+        proc = self.proc(name, [sys.executable, "-m", "billing", "run"], env)
         return proc.start() if start else proc
 
     def writers(self, count: int, **spec: Any) -> Writers:
@@ -496,7 +500,18 @@ class Workspace:
         return self._count(self.outbox_path, "SELECT count(*) FROM usage_outbox")
 
     def billed(self) -> int:
-        return self._count(self.billing_path, "SELECT count(*) FROM billing_records")
+        if self._billing_url is None:
+            return self._count(self.billing_path, "SELECT count(*) FROM billing_records")
+        from billing.db import create_billing_sync_engine
+
+        engine = create_billing_sync_engine(self._billing_url)
+        try:
+            with engine.connect() as conn:
+                return int(
+                    conn.exec_driver_sql("SELECT count(*) FROM billing_records").scalar_one()
+                )
+        finally:
+            engine.dispose()
 
     def wait_settled(self, expected: int, timeout: float) -> None:
         """Wait until the outbox is empty and billing recorded ``expected`` events."""
