@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from billing.config import ENV, BillingConfig, parse_setting
 from billing.consumer import BillingConsumer
 from billing.database import BillingDatabase
+from billing.decode import UNIT_TYPES
 from billing.engines import DEFAULT_DATABASE_URL, async_url
 from billing.errors import BillingConfigError, BillingError
 from billing.pricing import PricingError
@@ -252,7 +253,13 @@ def _parser() -> argparse.ArgumentParser:
     price_set = price_commands.add_parser("set", help="set the price of one unit of a product")
     _add_options(price_set, [DATABASE])
     price_set.add_argument("product_id", help="the product (model name), exactly as sent")
-    price_set.add_argument("unit_type", choices=("token", "request"))
+    price_set.add_argument(
+        "unit_type",
+        choices=sorted(UNIT_TYPES),
+        metavar="unit_type",
+        help="token or request (this project's events), or another unit the platform's "
+        "producers bill in: " + ", ".join(sorted(UNIT_TYPES - {"token", "request"})),
+    )
     price_set.add_argument("price", help="price per unit, a decimal with at most 12 places")
     price_list = price_commands.add_parser("list", help="list the prices")
     _add_options(price_list, [DATABASE])

@@ -115,6 +115,8 @@ class BillingConsumer:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._puller: BatchPuller | None = None
+        #: When the stream was created: part of the key of events keyed by their delivery.
+        self._stream_created = 0
         #: The next batch, fetched while the one in hand is applied (see :meth:`step`).
         self._prefetch: asyncio.Task[list[Msg]] | None = None
         self._closing = False
@@ -168,6 +170,7 @@ class BillingConsumer:
                 if await _wait(stop, 1.0):
                     return False
         self.state = "consuming"
+        assert self.stream is not None, "bound to a stream"
         self.metrics.connected(nc, self.stream)
         logger.info(
             "consuming %s as %s",
@@ -365,7 +368,7 @@ class BillingConsumer:
 
     async def process(self, messages: Sequence[Msg]) -> list[Outcome]:
         """Decode, apply in one transaction, then acknowledge each message by its outcome."""
-        items = [_decode(message) for message in messages]
+        items = [_decode(message, self._stream_created) for message in messages]
         started = time.monotonic()
         outcomes = await self._apply(items)
         now = time.time()  # the commit: where an event's lag ends
@@ -468,6 +471,8 @@ class BillingConsumer:
         """Ensure the stream and the durable consumer, and fetch from it from now on."""
         stream = await jetstream.ensure_stream(js, self.config)
         await js.add_consumer(stream, jetstream.consumer_config(self.config))
+        created = (await js.stream_info(stream)).created
+        self._stream_created = int(created.timestamp()) if created is not None else 0
         if self._puller is not None and stream == self.stream:
             return
         puller = BatchPuller(nc, stream, self.config.durable)
@@ -508,16 +513,18 @@ class BillingConsumer:
         logger.info("nats reconnected", extra={"action": "nats_reconnected"})
 
 
-def _decode(message: Msg) -> Item:
+def _decode(message: Msg, stream_created: int) -> Item:
     metadata = message.metadata
     delivery = Delivery(
         stream=metadata.stream,
         stream_seq=metadata.sequence.stream,
         subject=message.subject,
         deliveries=metadata.num_delivered,
+        stream_created=stream_created,
     )
     try:
-        return Usage(delivery, decode_usage_event(message.data), message.data)
+        record = decode_usage_event(message.data, stored_at=metadata.timestamp)
+        return Usage(delivery, record, message.data)
     except InvalidPayload as exc:
         return Rejection(delivery, message.data, exc.reason, event_id=exc.event_id)
 

@@ -17,12 +17,27 @@ one-line reason that ``rejected_events`` keeps.
 * Optional ``idempotency_key`` (contract 1.1; the same rules as the ids): the key billing
   de-duplicates on when present, else ``event_id``, as the platform's real billing does,
   so the two billings agree on what "the same event" is.
+* Optional top-level ids (:data:`TOP_LEVEL_IDS`: ``organization_id``, ``session_id``, ...;
+  ``null`` counts as absent): kept with the record.
+
+The platform's other producers (the ``UsageEvent`` of the ``isa-common`` library) publish a
+second shape, told apart by its ``schema_version`` field or by lacking one of the
+contract's required fields: required only ``user_id``, ``product_id``, ``usage_amount``
+and ``unit_type`` (any of :data:`PLATFORM_UNIT_TYPES`, each priced on its own);
+``event_id``, ``usage_details`` and ``timestamp`` optional. Its times are the library's
+``datetime.isoformat()``: one without an offset is UTC, a missing one is the time the
+stream stored the message. Its default ``event_id`` is ``evt_<epoch seconds>``, which two
+events of the same instant share: such an event (:attr:`UsageRecord.keyed_by_delivery`)
+is keyed by the stream and sequence of its delivery, never by that id, so two different
+usages are never merged (and a producer that published one event twice is billed twice:
+it gave no way to tell the copies apart). The same holds for an event with no id at all.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -30,7 +45,41 @@ from typing import Any, Final
 from billing.errors import InvalidPayload
 from billing.pricing import MAX_USAGE_AMOUNT, quantize_usage
 
-UNIT_TYPES: Final = frozenset({"token", "request"})
+#: The unit types of this project's contract.
+CONTRACT_UNIT_TYPES: Final = frozenset({"token", "request"})
+#: The unit types of the platform's producers (isa-common 0.6.14); a price is per unit type.
+PLATFORM_UNIT_TYPES: Final = frozenset(
+    {
+        "token",
+        "image",
+        "minute",
+        "hour",
+        "character",
+        "request",
+        "url",
+        "byte",
+        "gb",
+        "gb_month",
+        "execution",
+        "operation",
+        "unit",
+        "second",
+    }
+)
+#: Every unit type a price can be set for.
+UNIT_TYPES: Final = PLATFORM_UNIT_TYPES
+#: Required in the platform's shape (the contract requires :data:`REQUIRED_FIELDS`).
+PLATFORM_REQUIRED_FIELDS: Final = ("user_id", "product_id", "usage_amount", "unit_type")
+#: Identifiers read from the top level of either shape and kept with the record.
+TOP_LEVEL_IDS: Final = (
+    "organization_id",
+    "subscription_id",
+    "session_id",
+    "request_id",
+    "agent_id",
+)
+#: isa-common's default event id, ``f"evt_{time.time()}"``: not unique (see above).
+_DEFAULT_PLATFORM_ID: Final = re.compile(r"evt_\d+(\.\d*)?")
 #: The width of the id columns. An outbox ``event_id`` is a 36-character UUID.
 MAX_ID_LENGTH: Final = 255
 REQUIRED_FIELDS: Final = (
@@ -59,11 +108,25 @@ class UsageRecord:
     usage_details: dict[str, Any]
     #: The producer's de-duplication key (contract 1.1), when the payload has one.
     idempotency_key: str | None = None
+    #: The platform's top-level ids that the payload carried (:data:`TOP_LEVEL_IDS`).
+    ids: dict[str, str] = field(default_factory=dict)
+    #: True when neither ``idempotency_key`` nor a unique ``event_id`` identifies the
+    #: event (the platform's default ``evt_<epoch>`` id, or none, in ``event_id`` as ""):
+    #: billing keys it by its delivery (:func:`delivery_key`) instead.
+    keyed_by_delivery: bool = False
 
     @property
     def key(self) -> str:
-        """What makes two deliveries "the same event": ``idempotency_key``, else ``event_id``."""
+        """What makes two deliveries "the same event": ``idempotency_key``, else ``event_id``
+        (meaningless when :attr:`keyed_by_delivery`: then the delivery is the key)."""
         return self.idempotency_key if self.idempotency_key is not None else self.event_id
+
+
+def delivery_key(stream: str, stream_created: int, stream_seq: int) -> str:
+    """The key of an event keyed by its delivery: the stream (its name and when it was
+    created: a re-created stream restarts its sequences) and the message's sequence. A
+    redelivery of the message has the same key; another message never does."""
+    return f"delivery:{stream}:{stream_created}:{stream_seq}"
 
 
 def _refuse_constant(name: str) -> Any:
@@ -148,7 +211,7 @@ def _amount(document: dict[str, Any], unit_type: str) -> Decimal:
     return quantize_usage(value) + 0  # "+ 0" turns -0 into 0
 
 
-def _timestamp(document: dict[str, Any]) -> datetime:
+def _timestamp(document: dict[str, Any], *, naive_is_utc: bool = False) -> datetime:
     value = document["timestamp"]
     if not isinstance(value, str):
         raise InvalidPayload(f"timestamp: must be a string, got {_json_type(value)}")
@@ -157,28 +220,70 @@ def _timestamp(document: dict[str, Any]) -> datetime:
     except ValueError as exc:
         raise InvalidPayload(f"timestamp: {value!r} is not an ISO 8601 time") from exc
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise InvalidPayload(f"timestamp: {value!r} has no UTC offset")
+        if not naive_is_utc:
+            raise InvalidPayload(f"timestamp: {value!r} has no UTC offset")
+        moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
 
 
-def decode_usage_event(data: bytes) -> UsageRecord:
-    """Decode and check one payload; raise :class:`InvalidPayload` with the reason."""
+def _unit_type(document: dict[str, Any], allowed: frozenset[str]) -> str:
+    unit_type = document["unit_type"]
+    # Type first: `[...] in frozenset` raises TypeError (a list is unhashable), which
+    # escaped the consumer and stopped it on every redelivery of such a message.
+    if not isinstance(unit_type, str):
+        raise InvalidPayload(f"unit_type: must be a string, got {_json_type(unit_type)}")
+    if unit_type not in allowed:
+        if allowed == CONTRACT_UNIT_TYPES:
+            raise InvalidPayload(f"unit_type: must be 'token' or 'request', got {unit_type!r}")
+        raise InvalidPayload(
+            f"unit_type: must be one of {', '.join(sorted(allowed))}, got {unit_type!r}"
+        )
+    return unit_type
+
+
+def _details(document: dict[str, Any]) -> dict[str, Any]:
+    details = document.get("usage_details")
+    if details is None and "usage_details" not in document:
+        return {}
+    if not isinstance(details, dict):
+        raise InvalidPayload(f"usage_details: must be an object, got {_json_type(details)}")
+    return details
+
+
+def _optional_text(document: dict[str, Any], name: str) -> str | None:
+    return None if document.get(name) is None else _text(document, name)
+
+
+def _ids(document: dict[str, Any]) -> dict[str, str]:
+    found = {name: _optional_text(document, name) for name in TOP_LEVEL_IDS}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def is_platform_shape(document: dict[str, Any]) -> bool:
+    """The platform library's ``UsageEvent`` (it always sends ``schema_version``), or a
+    payload that lacks one of the contract's required fields but has the platform's."""
+    if "schema_version" in document:
+        return True
+    contract = all(name in document for name in REQUIRED_FIELDS)
+    return not contract and all(name in document for name in PLATFORM_REQUIRED_FIELDS)
+
+
+def decode_usage_event(data: bytes, *, stored_at: datetime | None = None) -> UsageRecord:
+    """Decode and check one payload; raise :class:`InvalidPayload` with the reason.
+
+    ``stored_at``: when the stream stored the message, the time of a platform event that
+    has none (default: now).
+    """
     document = _parse(data)
     event_id = document.get("event_id")
     try:
-        missing = [field for field in REQUIRED_FIELDS if field not in document]
+        if is_platform_shape(document):
+            return _platform_event(document, stored_at)
+        missing = [name for name in REQUIRED_FIELDS if name not in document]
         if missing:
             raise InvalidPayload(f"missing required field(s): {', '.join(missing)}")
         event_id = _text(document, "event_id")
-        unit_type = document["unit_type"]
-        # Type first: `[...] in frozenset` raises TypeError (a list is unhashable), which
-        # escaped the consumer and stopped it on every redelivery of such a message.
-        if not isinstance(unit_type, str) or unit_type not in UNIT_TYPES:
-            raise InvalidPayload(
-                f"unit_type: must be 'token' or 'request', got {unit_type!r}"
-                if isinstance(unit_type, str)
-                else f"unit_type: must be a string, got {_json_type(unit_type)}"
-            )
+        unit_type = _unit_type(document, CONTRACT_UNIT_TYPES)
         details = document["usage_details"]
         if not isinstance(details, dict):
             raise InvalidPayload(f"usage_details: must be an object, got {_json_type(details)}")
@@ -193,12 +298,41 @@ def decode_usage_event(data: bytes) -> UsageRecord:
             idempotency_key=(
                 _text(document, "idempotency_key") if "idempotency_key" in document else None
             ),
+            ids=_ids(document),
         )
     except InvalidPayload as exc:
         # Keep the id with the rejection when it is a usable one: it helps find the event.
         if exc.event_id is None:
             exc.event_id = _usable_id(event_id)
         raise
+
+
+def _platform_event(document: dict[str, Any], stored_at: datetime | None) -> UsageRecord:
+    missing = [name for name in PLATFORM_REQUIRED_FIELDS if name not in document]
+    if missing:
+        raise InvalidPayload(f"missing required field(s): {', '.join(missing)}")
+    event_id = _optional_text(document, "event_id")
+    idempotency_key = _optional_text(document, "idempotency_key")
+    unit_type = _unit_type(document, PLATFORM_UNIT_TYPES)
+    if document.get("timestamp") is None:
+        moment = (stored_at or datetime.now(UTC)).astimezone(UTC)
+    else:
+        moment = _timestamp(document, naive_is_utc=True)
+    by_delivery = idempotency_key is None and (
+        event_id is None or _DEFAULT_PLATFORM_ID.fullmatch(event_id) is not None
+    )
+    return UsageRecord(
+        event_id=event_id or "",
+        user_id=_text(document, "user_id"),
+        product_id=_text(document, "product_id"),
+        usage_amount=_amount(document, unit_type),
+        unit_type=unit_type,
+        timestamp=moment,
+        usage_details=_details(document),
+        idempotency_key=idempotency_key,
+        ids=_ids(document),
+        keyed_by_delivery=by_delivery,
+    )
 
 
 def _usable_id(value: object) -> str | None:

@@ -6,7 +6,10 @@
   makes an event "seen", in the same transaction as its money. A message whose key is new
   but whose ``event_id`` is known counts as a duplicate: never a second charge.
   ``state`` is ``billed`` (``charge`` and ``unit_price`` set) or ``unpriced`` (no price
-  for the product and unit type when it arrived: kept, visible, not charged).
+  for the product and unit type when it arrived: kept, visible, not charged). The
+  payload's top-level ids are kept; an event keyed by its delivery (see
+  ``billing.decode``) has that key as ``event_id`` and the producer's id in
+  ``payload_event_id``.
 * ``wallets``: one balance per user, created at 0 on the user's first event.
 * ``wallet_transactions``: the ledger, one row per billed event (``event_id`` unique).
   ``amount`` is signed: a debit is ``-charge``. A wallet's balance is the sum of its rows.
@@ -81,6 +84,16 @@ billing_records = sa.Table(
         nullable=False,
         unique=True,
         comment="the de-duplication key: idempotency_key, else event_id",
+    ),
+    sa.Column(
+        "payload_event_id",
+        sa.String(255),
+        nullable=True,
+        comment="the producer's event_id, when billing keyed the event otherwise",
+    ),
+    *(
+        sa.Column(name, sa.String(255), nullable=True, comment="top-level id from the payload")
+        for name in ("organization_id", "subscription_id", "session_id", "request_id", "agent_id")
     ),
     sa.CheckConstraint(
         "(state = 'billed' AND charge IS NOT NULL AND unit_price IS NOT NULL)"

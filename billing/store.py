@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing.decode import UsageRecord
+from billing.decode import TOP_LEVEL_IDS, UsageRecord, delivery_key
 from billing.pricing import CHARGE_QUANTUM, PricingError, compute_charge
 from billing.report import Audit, BillingReport, UnpricedProduct, UserTotals
 from billing.schema import (
@@ -68,6 +68,9 @@ class Delivery:
     stream_seq: int
     subject: str
     deliveries: int = 1
+    #: When the stream was created (Unix seconds): part of a delivery key, since a stream
+    #: deleted and created again under its name starts its sequences anew.
+    stream_created: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,14 @@ class Usage:
     delivery: Delivery
     record: UsageRecord
     payload: bytes = b""
+
+    @property
+    def key(self) -> str:
+        """The de-duplication key: the record's, or its delivery's when it has none."""
+        if self.record.keyed_by_delivery:
+            d = self.delivery
+            return delivery_key(d.stream, d.stream_created, d.stream_seq)
+        return self.record.key
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +144,10 @@ async def apply_batch(
     candidates: dict[str, int] = {}
     for index, item in enumerate(items):
         if isinstance(item, Usage):
-            if item.record.key in candidates:
+            if item.key in candidates:
                 outcomes[index] = Outcome.DUPLICATE
             else:
-                candidates[item.record.key] = index
+                candidates[item.key] = index
 
     products = {item.record.product_id for item in items if isinstance(item, Usage)}
     price_of = await _prices_for(conn, products)
@@ -148,7 +159,9 @@ async def apply_batch(
         usage = items[index]
         assert isinstance(usage, Usage)
         record = usage.record
-        event_id = record.event_id
+        # An event keyed by its delivery is recorded under that key: its own id (if any)
+        # is not unique, and the ledger refers to records by event_id.
+        event_id = key if record.keyed_by_delivery else record.event_id
         unit_price = price_of.get((record.product_id, record.unit_type))
         charge: Decimal | None = None
         if unit_price is not None:
@@ -172,6 +185,8 @@ async def apply_batch(
                 "received_at": now,
                 "stream_seq": usage.delivery.stream_seq,
                 "idempotency_key": key,
+                "payload_event_id": (record.event_id or None) if record.keyed_by_delivery else None,
+                **{name: record.ids.get(name) for name in TOP_LEVEL_IDS},
             }
         )
 

@@ -68,7 +68,7 @@ def test_upgrade_creates_the_tables_and_autogenerate_finds_no_drift(engine: sa.E
     assert tables >= BILLING_TABLES | {VERSION_TABLE}
     assert _drift(engine) == []
     with engine.connect() as conn:
-        assert conn.scalar(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")) == "billing_0002"
+        assert conn.scalar(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")) == "billing_0003"
 
 
 def test_the_drift_check_can_fail(engine: sa.Engine) -> None:
