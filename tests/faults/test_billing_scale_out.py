@@ -94,7 +94,7 @@ async def _replay(nats_url: str, stream: str, count: int) -> int:
             stream=stream,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0),
         )
-        copies = []
+        copies: list[tuple[str, bytes, dict[str, str]]] = []
         while len(copies) < count:
             try:
                 batch = await sub.fetch(min(500, count - len(copies)), timeout=5)
