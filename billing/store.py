@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from billing import pg_arrays
 from billing.decode import TOP_LEVEL_IDS, UsageRecord, delivery_key
 from billing.pricing import CHARGE_QUANTUM, PricingError, compute_charge
 from billing.report import Audit, BillingReport, UnpricedProduct, UserTotals
@@ -218,8 +219,7 @@ async def apply_batch(
             }
         )
     await _update_wallets(conn, deltas, now)
-    for chunk in _chunks(debits):
-        await conn.execute(wallet_transactions.insert(), list(chunk))
+    await _insert_debits(conn, debits)
 
     await _insert_rejections(conn, [r for _, r in rejections], now)
     for index, _ in rejections:
@@ -252,6 +252,13 @@ async def _insert_records(conn: AsyncConnection, rows: Sequence[dict[str, Any]])
     with the rows inlined would compile it anew for every batch: most of the time once)."""
     if not rows:
         return set()
+    if conn.dialect.name == "postgresql":
+        columns = tuple(rows[0])
+        # No conflict target: a clash on the key or on event_id is a duplicate alike.
+        tail = "ON CONFLICT DO NOTHING RETURNING idempotency_key"
+        statement_pg = pg_arrays.insert_statement(billing_records, columns, tail)
+        result = await conn.execute(statement_pg, pg_arrays.parameters(rows, columns))
+        return set(result.scalars())
     statement = (
         _insert(conn, billing_records)
         # No conflict target: a clash on the key or on event_id is a duplicate alike.
@@ -276,7 +283,31 @@ async def _update_wallets(conn: AsyncConnection, deltas: dict[str, Decimal], now
     rows = [
         {"user_id": user, "balance": deltas[user], "updated_at": now} for user in sorted(deltas)
     ]
+    if conn.dialect.name == "postgresql":
+        columns = ("user_id", "balance", "updated_at")
+        tail = (
+            "ON CONFLICT (user_id) DO UPDATE SET balance = wallets.balance + excluded.balance,"
+            " updated_at = excluded.updated_at"
+        )
+        await conn.execute(
+            pg_arrays.insert_statement(wallets, columns, tail), pg_arrays.parameters(rows, columns)
+        )
+        return
     await conn.execute(statement, rows)
+
+
+async def _insert_debits(conn: AsyncConnection, debits: Sequence[dict[str, Any]]) -> None:
+    if not debits:
+        return
+    if conn.dialect.name == "postgresql":
+        columns = ("user_id", "event_id", "kind", "amount", "created_at")
+        await conn.execute(
+            pg_arrays.insert_statement(wallet_transactions, columns),
+            pg_arrays.parameters(debits, columns),
+        )
+        return
+    for chunk in _chunks(debits):
+        await conn.execute(wallet_transactions.insert(), list(chunk))
 
 
 async def _insert_rejections(
@@ -407,8 +438,7 @@ async def reprice_unpriced(
             }
         )
     await _update_wallets(conn, deltas, now)
-    for chunk in _chunks(debits):
-        await conn.execute(wallet_transactions.insert(), list(chunk))
+    await _insert_debits(conn, debits)
     return len(debits)
 
 

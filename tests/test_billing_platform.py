@@ -141,13 +141,19 @@ async def _publish_core(nc: NatsClient, subject: str, document: dict[str, Any]) 
     await nc.publish(subject, _bytes(document))
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 async def test_platform_events_are_billed_per_unit_and_never_merged_by_their_default_id(
+    backend: str,
+    request: pytest.FixtureRequest,
     nats_client: NatsClient,
     jetstream: JetStreamContext,
     billing_config: ConfigFactory,
     make_consumer: ConsumerFactory,
 ) -> None:
     config = billing_config()
+    if backend == "postgresql":
+        url: sa.URL = request.getfixturevalue("postgres_url")
+        config = billing_config(database_url=url.render_as_string(hide_password=False))
     async with BillingDatabase(config.database_url) as db:
         await db.set_price("flux-pro", "image", "0.04")
         await db.set_price("whisper", "minute", "0.006")
