@@ -7,6 +7,8 @@
     usage-billing prices set gpt-4 token 0.00003
     usage-billing prices list
     usage-billing report [--json]          per-user totals, balances, unpriced and rejected
+    usage-billing report --by product --since 2026-11-01 --format csv
+                                           usage (in its units), events, charges per group
     usage-billing rejected [--limit N]     rejected deliveries with their reasons
     usage-billing reprice                  bill unpriced events that have a price now
     usage-billing audit                    check the ledger; exit 1 if anything is off
@@ -26,6 +28,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,13 @@ from billing.decode import UNIT_TYPES
 from billing.engines import DEFAULT_DATABASE_URL, async_url
 from billing.errors import BillingConfigError, BillingError
 from billing.pricing import PricingError
-from billing.report import format_table
+from billing.report import (
+    GROUPINGS,
+    breakdown_csv,
+    breakdown_json,
+    format_breakdown,
+    format_table,
+)
 from outbox.drivers import missing_driver
 from usage_runtime.flags import add_flag
 from usage_runtime.logs import configure_logging
@@ -247,6 +256,25 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="per-user totals, balances and counts")
     _add_options(report, [DATABASE])
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    report.add_argument(
+        "--by",
+        choices=GROUPINGS,
+        default=None,
+        help="only the breakdown: usage in its units, events and charges per user, product "
+        "or day (default: the per-user totals and balances, then the breakdown by product)",
+    )
+    report.add_argument(
+        "--since", default=None, metavar="TIME", help="usage from this date or ISO time (UTC)"
+    )
+    report.add_argument(
+        "--until", default=None, metavar="TIME", help="usage before this date or ISO time (UTC)"
+    )
+    report.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default=None,
+        help="the breakdown as a table (default), CSV or JSON",
+    )
 
     prices = commands.add_parser("prices", help="set or list unit prices")
     price_commands = prices.add_subparsers(dest="prices_command", required=True)
@@ -298,10 +326,46 @@ async def _with_database(url: str, action: Callable[[BillingDatabase], Awaitable
         return await action(db)
 
 
-async def _report(db: BillingDatabase, *, as_json: bool) -> int:
-    report = await db.report()
-    print(json.dumps(report.as_dict(), indent=2) if as_json else format_table(report))
+async def _report(db: BillingDatabase, args: argparse.Namespace) -> int:
+    breakdown_only = args.by is not None or args.format in ("csv", "json")
+    if args.json and not breakdown_only:
+        print(json.dumps((await db.report()).as_dict(), indent=2))
+        return EXIT_OK
+    by = args.by or "product"
+    since, until = _report_time("--since", args.since), _report_time("--until", args.until)
+    rows = await db.breakdown(by, since=since, until=until)
+    if args.format == "csv":
+        print(breakdown_csv(rows, by), end="")
+    elif args.format == "json" or args.json:
+        print(breakdown_json(rows, by, args.since, args.until))
+    else:
+        if not breakdown_only:
+            print(format_table(await db.report()))
+            print()
+        window = " ".join(
+            part
+            for part in (
+                f"from {args.since}" if since else "",
+                f"until {args.until}" if until else "",
+            )
+            if part
+        )
+        print(f"by {by}" + (f", usage {window}" if window else "") + ":")
+        print(format_breakdown(rows, by))
     return EXIT_OK
+
+
+def _report_time(flag: str, text: str | None) -> datetime | None:
+    """A date (midnight UTC) or an ISO 8601 time (UTC when it has no offset)."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise BillingConfigError(
+            f"{flag}: {text!r} is not a date (2026-11-01) or an ISO 8601 time"
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 async def _price_set(db: BillingDatabase, product_id: str, unit_type: str, price: str) -> int:
@@ -376,7 +440,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         url = _database(args, environment, must_exist=not creates)
         action: Callable[[BillingDatabase], Awaitable[int]]
         if args.command == "report":
-            action = lambda db: _report(db, as_json=args.json)  # noqa: E731
+            action = lambda db: _report(db, args)  # noqa: E731
         elif args.command == "prices" and args.prices_command == "set":
             action = lambda db: _price_set(db, args.product_id, args.unit_type, args.price)  # noqa: E731
         elif args.command == "prices":

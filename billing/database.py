@@ -10,6 +10,7 @@ Each method is one short transaction over :mod:`billing.store`::
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Self
@@ -22,7 +23,7 @@ from billing.decode import UNIT_TYPES
 from billing.engines import DEFAULT_DATABASE_URL, create_billing_engine
 from billing.errors import BillingError
 from billing.pricing import parse_unit_price
-from billing.report import Audit, BillingReport
+from billing.report import Audit, BillingReport, BreakdownRow
 
 
 class BillingDatabase:
@@ -105,6 +106,14 @@ class BillingDatabase:
         await self._ready()
         async with self.engine.connect() as conn:
             return await store.report(conn)
+
+    async def breakdown(
+        self, by: str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[BreakdownRow]:
+        """Usage and charges per user, product or day; see :func:`billing.store.breakdown`."""
+        await self._ready()
+        async with self.engine.connect() as conn:
+            return await store.breakdown(conn, by, since=since, until=until)
 
     async def audit(self) -> Audit:
         await self._ready()

@@ -6,9 +6,17 @@ module only holds the shapes and the formatting, with no I/O.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
+
+#: What a breakdown groups by (``usage-billing report --by``).
+GROUPINGS: Final = ("user", "product", "day")
 
 
 def money(value: Decimal) -> str:
@@ -116,15 +124,8 @@ def format_table(report: BillingReport) -> str:
         money(report.total_charged),
         money(report.total_balance),
     )
-    widths = [max(len(r[i]) for r in [headers, *rows, total]) for i in range(len(headers))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join([first, *rest])
-
-    rule = "  ".join("-" * w for w in widths)
-    out = [line(headers), rule, *(line(r) for r in rows), rule, line(total), ""]
+    out = _aligned(headers, rows, total)
+    out.append("")
     out.append(f"rejected events: {report.rejected_events}")
     if report.unpriced_products:
         out.append("unpriced products (set a price, then `usage-billing reprice`):")
@@ -133,3 +134,128 @@ def format_table(report: BillingReport) -> str:
             for p in report.unpriced_products
         )
     return "\n".join(out)
+
+
+# -- breakdowns ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BreakdownRow:
+    """Usage of one group (a user, a product or a day) in one unit type."""
+
+    group: str
+    unit_type: str
+    billed_events: int
+    unpriced_events: int
+    #: The summed usage in ``unit_type``'s own unit (tokens, images, minutes...), exact.
+    usage: Decimal
+    charged: Decimal
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "unit_type": self.unit_type,
+            "billed_events": self.billed_events,
+            "unpriced_events": self.unpriced_events,
+            "usage": money(self.usage),
+            "charged": money(self.charged),
+        }
+
+
+_BREAKDOWN_HEADERS: Final = ("unit", "billed", "unpriced", "usage", "charged")
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: wide (CJK) characters take two, combining
+    marks none, so a table of such ids still lines up."""
+    width = 0
+    for char in text:
+        if unicodedata.combining(char):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def _pad(text: str, width: int, *, right: bool) -> str:
+    fill = " " * max(0, width - display_width(text))
+    return fill + text if right else text + fill
+
+
+def _aligned(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], total: Sequence[str]
+) -> list[str]:
+    """Lines of a table: the first column left-aligned, the others right-aligned."""
+    table = [headers, *rows, total]
+    widths = [max(display_width(r[i]) for r in table) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = _pad(cells[0], widths[0], right=False)
+        rest = (_pad(c, w, right=True) for c, w in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest]).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return [line(headers), rule, *(line(r) for r in rows), rule, line(total)]
+
+
+def format_breakdown(rows: Sequence[BreakdownRow], by: str) -> str:
+    """A breakdown as a plain-text table, then the event and charge totals."""
+    cells = [
+        (
+            row.group,
+            row.unit_type,
+            str(row.billed_events),
+            str(row.unpriced_events),
+            money(row.usage),
+            money(row.charged),
+        )
+        for row in rows
+    ]
+    total = (
+        "TOTAL",
+        "",
+        str(sum(r.billed_events for r in rows)),
+        str(sum(r.unpriced_events for r in rows)),
+        "",
+        money(sum((r.charged for r in rows), Decimal(0))),
+    )
+    return "\n".join(_aligned((by, *_BREAKDOWN_HEADERS), cells, total))
+
+
+def breakdown_csv(rows: Sequence[BreakdownRow], by: str) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([by, "unit_type", "billed_events", "unpriced_events", "usage", "charged"])
+    for row in rows:
+        data = row.as_dict()
+        writer.writerow(
+            [
+                data[k]
+                for k in (
+                    "group",
+                    "unit_type",
+                    "billed_events",
+                    "unpriced_events",
+                    "usage",
+                    "charged",
+                )
+            ]
+        )
+    return out.getvalue()
+
+
+def breakdown_json(
+    rows: Sequence[BreakdownRow], by: str, since: str | None, until: str | None
+) -> str:
+    return json.dumps(
+        {
+            "by": by,
+            "since": since,
+            "until": until,
+            "rows": [
+                {by: r.group, **{k: v for k, v in r.as_dict().items() if k != "group"}}
+                for r in rows
+            ],
+        },
+        indent=2,
+        ensure_ascii=False,
+    )

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from billing import pg_arrays
 from billing.decode import TOP_LEVEL_IDS, UsageRecord, delivery_key
 from billing.pricing import CHARGE_QUANTUM, PricingError, compute_charge
-from billing.report import Audit, BillingReport, UnpricedProduct, UserTotals
+from billing.report import Audit, BillingReport, BreakdownRow, UnpricedProduct, UserTotals
 from billing.schema import (
     BILLED,
     DEBIT,
@@ -486,6 +486,51 @@ async def report(conn: AsyncConnection) -> BillingReport:
         total_balance=sum((u.balance for u in users), _ZERO),
         unpriced_products=tuple(UnpricedProduct(p, u, int(n)) for p, u, n in unpriced_products),
     )
+
+
+async def breakdown(
+    conn: AsyncConnection,
+    by: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[BreakdownRow]:
+    """Events, usage (in each unit type's own unit) and charges per user, product or day
+    (of the usage's time), per unit type; ``since`` inclusive, ``until`` exclusive."""
+    r = billing_records
+    group: sa.ColumnElement[Any]
+    if by == "user":
+        group = r.c.user_id
+    elif by == "product":
+        group = r.c.product_id
+    elif by == "day":
+        group = sa.func.date(r.c.event_time)
+    else:
+        raise ValueError(f"cannot group by {by!r}")
+    query = sa.select(
+        group,
+        r.c.unit_type,
+        sa.func.count().filter(r.c.state == BILLED),
+        sa.func.count().filter(r.c.state == UNPRICED),
+        sa.func.sum(r.c.usage_amount),
+        sa.func.sum(r.c.charge),
+    ).group_by(group, r.c.unit_type)
+    if since is not None:
+        query = query.where(r.c.event_time >= _naive_utc(since))
+    if until is not None:
+        query = query.where(r.c.event_time < _naive_utc(until))
+    rows = [
+        BreakdownRow(
+            group=str(key),
+            unit_type=unit_type,
+            billed_events=int(billed),
+            unpriced_events=int(unpriced),
+            usage=usage if usage is not None else Decimal(0),
+            charged=charged if charged is not None else _ZERO,
+        )
+        for key, unit_type, billed, unpriced, usage, charged in await conn.execute(query)
+    ]
+    return sorted(rows, key=lambda row: (row.group, row.unit_type))
 
 
 async def audit(conn: AsyncConnection) -> Audit:
