@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -312,13 +313,36 @@ async def _run(config: BillingConfig, *, burst: bool, idle_timeout: float) -> in
     stop = asyncio.Event()
     with stop_on_signals(stop.set):
         if burst:
+            # On a terminal, say every few seconds how far it got (to stderr: stdout keeps
+            # the one line of counters at the end).
+            progress = _progress_printer(consumer) if sys.stderr.isatty() else None
             async with consumer:
-                await consumer.drain(idle_timeout, stop)
+                await consumer.drain(idle_timeout, stop, progress=progress)
             for name, value in consumer.stats.as_dict().items():
                 print(f"{name.replace('_', ' '):<13} {value:>9}")
         else:
             await consumer.run(stop)
     return EXIT_OK
+
+
+def _progress_printer(consumer: BillingConsumer) -> Callable[[], Awaitable[None]]:
+    started, before = time.monotonic(), 0
+
+    async def show() -> None:
+        nonlocal started, before
+        stats, now = consumer.stats, time.monotonic()
+        rate = (stats.received - before) / max(now - started, 1e-9)
+        started, before = now, stats.received
+        pending = await consumer.pending()
+        left = f", {pending:,} left in the stream" if pending is not None else ""
+        print(
+            f"billed {stats.billed:,}, unpriced {stats.unpriced:,}, duplicates "
+            f"{stats.duplicates:,}, rejected {stats.rejected:,} ({rate:,.0f} messages/s{left})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
 
 
 async def _with_database(url: str, action: Callable[[BillingDatabase], Awaitable[int]]) -> int:

@@ -285,17 +285,24 @@ class BillingConsumer:
         return self.stats
 
     async def drain(
-        self, idle_timeout: float = 1.0, stop: asyncio.Event | None = None
+        self,
+        idle_timeout: float = 1.0,
+        stop: asyncio.Event | None = None,
+        *,
+        progress: Callable[[], Awaitable[None]] | None = None,
+        every: float = 2.0,
     ) -> ConsumerStats:
         """Consume until a fetch waits ``idle_timeout`` seconds for nothing, or ``stop`` is
         set; stays open.
 
-        Returns the counters (since start, not only this call). Without ``stop``, bound
-        the whole call with ``asyncio.timeout`` if the broker may never come back; with
-        it, an unreachable broker is waited for until ``stop``.
+        ``progress`` is awaited at most every ``every`` seconds while it works (the CLI
+        prints how far it got). Returns the counters (since start, not only this call).
+        Without ``stop``, bound the whole call with ``asyncio.timeout`` if the broker may
+        never come back; with it, an unreachable broker is waited for until ``stop``.
         """
         if not await self.start(stop):
             return self.stats
+        shown = time.monotonic()
         while stop is None or not stop.is_set():
             handled = await self.step(idle_timeout)
             if handled == 0:
@@ -305,7 +312,20 @@ class BillingConsumer:
                     await asyncio.sleep(_FETCH_BACKOFF)
                 else:
                     await _wait(stop, _FETCH_BACKOFF)
+            if progress is not None and time.monotonic() - shown >= every:
+                shown = time.monotonic()
+                await progress()
         return self.stats
+
+    async def pending(self) -> int | None:
+        """Messages in the stream not yet delivered to this durable (None: unknown now)."""
+        if self._js is None or self.stream is None:
+            return None
+        try:
+            info = await self._js.consumer_info(self.stream, self.config.durable, timeout=2)
+        except (nats.errors.Error, TimeoutError):
+            return None
+        return int(info.num_pending)
 
     async def step(self, wait: float) -> int | None:
         """Fetch one batch (waiting up to ``wait`` s) and process it.
