@@ -39,6 +39,7 @@ import cProfile
 import gc
 import os
 import pstats
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -63,6 +64,7 @@ from bench.shipper import (
     percentile,
     print_table,
     read_commits,
+    read_stream,
     server_version,
     start_shipper,
     stop_process,
@@ -313,6 +315,10 @@ class Latency:
     p50: float
     p99: float
     max: float
+    shipped_p50: float  # written -> stored in JetStream (the shipper's part)
+    shipped_p99: float
+    billed_p50: float  # stored -> billed (billing's part)
+    billed_p99: float
 
 
 async def bench_latency(
@@ -383,6 +389,15 @@ async def bench_latency(
     delays = sorted(billed[key] - at for key, at in commits.items() if key in billed)
     if not delays:
         raise RuntimeError(f"nothing billed; logs in {directory}")
+    nc = await nats.connect(nats_url)
+    try:
+        stored = {key: at for key, (at, _written) in (await read_stream(nc, len(commits))).items()}
+    finally:
+        await nc.close()
+    shipped = sorted(stored[key] - at for key, at in commits.items() if key in stored)
+    waited = sorted(billed[key] - stored[key] for key in commits if key in billed and key in stored)
+    if not shipped or not waited:
+        raise RuntimeError("the measured events are not in the stream")
     return Latency(
         offered=rate,
         achieved=achieved,
@@ -391,6 +406,10 @@ async def bench_latency(
         p50=percentile(delays, 0.50),
         p99=percentile(delays, 0.99),
         max=delays[-1],
+        shipped_p50=percentile(shipped, 0.50),
+        shipped_p99=percentile(shipped, 0.99),
+        billed_p50=percentile(waited, 0.50),
+        billed_p99=percentile(waited, 0.99),
     )
 
 
@@ -437,6 +456,11 @@ def ratio_row(case: str, rate: Rate, ceiling: float, goal: float | None) -> Row:
 
 
 async def run(args: argparse.Namespace) -> list[Row]:
+    # SIGTERM cancels the run, so the finally blocks stop what it started (the processes,
+    # nats-server) and drop the throwaway databases.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     count: int = args.events
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="usage-billing-bench-") as tmp:
@@ -451,64 +475,72 @@ async def run(args: argparse.Namespace) -> list[Row]:
             nc = await nats.connect(server.url)
             config = BillingConfig(nats_url=server.url, create_stream=True)
             stream = await billing_jetstream.ensure_stream(nc.jetstream(), config)
-            progress(f"filling stream {stream} with {count:,} events")
-            await fill(nc, count)
-            progress("ceiling (before)")
-            first = await ceiling(nc, config, stream, count)
-            sqlite_url = f"sqlite+aiosqlite:///{directory / 'billing.db'}"
-            progress("usage-billing, SQLite")
-            on_sqlite, recorded = await bench_billing(
-                server.url, sqlite_url, stream, count, 1, directory
-            )
-            results: list[tuple[str, Rate, float | None, int]] = [
-                ("usage-billing, SQLite, 1 process", on_sqlite, 0.7, recorded)
-            ]
-            if args.postgres:
-                for processes, goal in ((1, 0.5), (2, None), (4, None)):
-                    progress(f"usage-billing, PostgreSQL, {processes} process(es)")
-                    async with postgres_database(args.postgres) as url:
-                        rate, recorded = await bench_billing(
-                            server.url, url, stream, count, processes, directory
+            if args.only in ("all", "throughput"):
+                progress(f"filling stream {stream} with {count:,} events")
+                await fill(nc, count)
+                progress("ceiling (before)")
+                first = await ceiling(nc, config, stream, count)
+                sqlite_url = f"sqlite+aiosqlite:///{directory / 'billing.db'}"
+                progress("usage-billing, SQLite")
+                on_sqlite, recorded = await bench_billing(
+                    server.url, sqlite_url, stream, count, 1, directory
+                )
+                results: list[tuple[str, Rate, float | None, int]] = [
+                    ("usage-billing, SQLite, 1 process", on_sqlite, 0.7, recorded)
+                ]
+                if args.postgres:
+                    for processes, goal in ((1, 0.5), (2, None), (4, None)):
+                        progress(f"usage-billing, PostgreSQL, {processes} process(es)")
+                        async with postgres_database(args.postgres) as url:
+                            rate, recorded = await bench_billing(
+                                server.url, url, stream, count, processes, directory
+                            )
+                        case = f"usage-billing, PostgreSQL, {processes} process" + (
+                            "es on one durable" if processes > 1 else ""
                         )
-                    case = f"usage-billing, PostgreSQL, {processes} process" + (
-                        "es on one durable" if processes > 1 else ""
-                    )
-                    results.append((case, rate, goal, recorded))
-            progress("ceiling (after)")
-            second = await ceiling(nc, config, stream, count)
-            mean = (first.per_s + second.per_s) / 2
-            rows.append(
-                Row(
-                    "raw pull+ack ceiling (nats-py fetch 256, ack each, no database)",
-                    per_s(mean),
-                    f"before {per_s(first.per_s)}, after {per_s(second.per_s)}",
-                    "",
-                    "ceiling",
-                )
-            )
-            for case, rate, goal, recorded in results:
-                row = ratio_row(case, rate, mean, goal)
-                if recorded != count:
-                    row = replace(row, detail=f"{row.detail} [{recorded:,} recorded of {count:,}]")
-                    row = replace(row, result="MISS")
-                rows.append(row)
-            if args.profile is not None:
-                progress("the consumer in this process, under cProfile")
-                profiled, _ = await profile_consumer(
-                    server.url, f"sqlite+aiosqlite:///{directory / 'p.db'}", stream, args.profile
-                )
+                        results.append((case, rate, goal, recorded))
+                progress("ceiling (after)")
+                second = await ceiling(nc, config, stream, count)
+                mean = (first.per_s + second.per_s) / 2
                 rows.append(
                     Row(
-                        "the consumer in-process under cProfile, SQLite",
-                        per_s(profiled.per_s),
-                        "slowed by the profiler",
+                        "raw pull+ack ceiling (nats-py fetch 256, ack each, no database)",
+                        per_s(mean),
+                        f"before {per_s(first.per_s)}, after {per_s(second.per_s)}",
                         "",
-                        "info",
+                        "ceiling",
                     )
                 )
+                for case, rate, goal, recorded in results:
+                    row = ratio_row(case, rate, mean, goal)
+                    if recorded != count:
+                        row = replace(
+                            row, detail=f"{row.detail} [{recorded:,} recorded of {count:,}]"
+                        )
+                        row = replace(row, result="MISS")
+                    rows.append(row)
+                if args.profile is not None:
+                    progress("the consumer in this process, under cProfile")
+                    profiled, _ = await profile_consumer(
+                        server.url,
+                        f"sqlite+aiosqlite:///{directory / 'p.db'}",
+                        stream,
+                        args.profile,
+                    )
+                    rows.append(
+                        Row(
+                            "the consumer in-process under cProfile, SQLite",
+                            per_s(profiled.per_s),
+                            "slowed by the profiler",
+                            "",
+                            "info",
+                        )
+                    )
             # The end-to-end row's durable starts at the stream's first message: empty it.
             await nc.jetstream().purge_stream(stream)
             await nc.close()
+            if args.only == "throughput":
+                return rows
             progress(f"written -> billed at {args.latency_rate:,.0f}/s")
             latency = await bench_latency(
                 directory, server.url, stream, args.latency_rate, args.latency_seconds
@@ -517,8 +549,11 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 Row(
                     f"written -> billed at {latency.offered:,.0f}/s (SQLite billing)",
                     f"p50 {latency.p50 * 1000:.0f} ms, p99 {latency.p99 * 1000:.0f} ms",
-                    f"max {latency.max * 1000:.0f} ms; {latency.billed:,} of {latency.events:,} "
-                    f"billed; writer {latency.achieved:,.0f}/s",
+                    f"max {latency.max * 1000:.0f} ms; of which written -> stored p50 "
+                    f"{latency.shipped_p50 * 1000:.0f} / p99 {latency.shipped_p99 * 1000:.0f} ms, "
+                    f"stored -> billed p50 {latency.billed_p50 * 1000:.0f} / p99 "
+                    f"{latency.billed_p99 * 1000:.0f} ms; {latency.billed:,} of "
+                    f"{latency.events:,} billed; writer {latency.achieved:,.0f}/s",
                     "p99 <= 250 ms",
                     verdict(latency.p99 <= 0.25 and latency.billed == latency.events),
                 )
@@ -538,6 +573,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_POSTGRES,
         help=f"PostgreSQL server to make throwaway databases on (default {DEFAULT_POSTGRES}; "
         "'' to skip the PostgreSQL rows)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("all", "throughput", "latency"),
+        default="all",
+        help="the throughput rows, the written -> billed row, or both (default)",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument(
