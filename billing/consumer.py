@@ -3,7 +3,8 @@
 The loop, top to bottom::
 
     run(stop):  start -> while not stop: step() -> close
-    step():     fetch a batch -> process(batch)
+    step():     take the batch fetched meanwhile (or fetch one) -> start fetching the next
+                -> process(batch)
     process():  decode each -> apply all in ONE transaction -> commit -> ack / term / nak
 
 Exactly-once in effect: ``billing_records`` is unique on the de-duplication key and is
@@ -489,8 +490,7 @@ class BillingConsumer:
 
     async def _bind(self, nc: NatsClient, js: JetStreamContext) -> None:
         """Ensure the stream and the durable consumer, and fetch from it from now on."""
-        stream = await jetstream.ensure_stream(js, self.config)
-        await js.add_consumer(stream, jetstream.consumer_config(self.config))
+        stream = await jetstream.bind(js, self.config)
         created = (await js.stream_info(stream)).created
         self._stream_created = int(created.timestamp()) if created is not None else 0
         if self._puller is not None and stream == self.stream:

@@ -114,11 +114,9 @@ def consumer_config(config: BillingConfig) -> ConsumerConfig:
     )
 
 
-async def subscribe(
-    js: JetStreamContext, config: BillingConfig
-) -> tuple[str, JetStreamContext.PullSubscription]:
-    """Ensure the stream and the durable consumer; return the stream name and a pull sub."""
+async def bind(js: JetStreamContext, config: BillingConfig) -> str:
+    """Ensure the stream and the durable consumer; return the stream's name. Messages are
+    then fetched with :class:`billing.puller.BatchPuller`."""
     stream = await ensure_stream(js, config)
     await js.add_consumer(stream, consumer_config(config))
-    subscription = await js.pull_subscribe_bind(durable=config.durable, stream=stream)
-    return stream, subscription
+    return stream
