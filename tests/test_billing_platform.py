@@ -159,6 +159,13 @@ async def test_platform_events_are_billed_per_unit_and_never_merged_by_their_def
         await db.set_price("whisper", "minute", "0.006")
     await billing_js.ensure_stream(jetstream, config)
     same_instant = "evt_1733047200.123456"
+    keyed = platform_event(
+        product_id="whisper",
+        unit_type="minute",
+        usage_amount=2.5,
+        idempotency_key="isa-audio:job-1",
+        event_id=_DROP,
+    )
     events = [
         # Two different images in the same microsecond: the same default event_id.
         ("billing.usage.recorded.isa-model.flux-pro", platform_event(event_id=same_instant)),
@@ -167,26 +174,8 @@ async def test_platform_events_are_billed_per_unit_and_never_merged_by_their_def
             platform_event(event_id=same_instant, usage_amount=3.0),
         ),
         # One event published twice with its idempotency key: billed once.
-        (
-            "billing.usage.recorded.isa-audio",
-            platform_event(
-                product_id="whisper",
-                unit_type="minute",
-                usage_amount=2.5,
-                idempotency_key="isa-audio:job-1",
-                event_id=_DROP,
-            ),
-        ),
-        (
-            "billing.usage.recorded.isa-audio",
-            platform_event(
-                product_id="whisper",
-                unit_type="minute",
-                usage_amount=2.5,
-                idempotency_key="isa-audio:job-1",
-                event_id=_DROP,
-            ),
-        ),
+        ("billing.usage.recorded.isa-audio", keyed),
+        ("billing.usage.recorded.isa-audio", keyed),
         ("billing.usage.recorded.isa-model", {"product_id": "flux-pro", "unit_type": "image"}),
     ]
     for subject, document in events:

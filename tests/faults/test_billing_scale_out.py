@@ -19,12 +19,10 @@ The CI size is below; ``python -m bench.soak --only 10`` runs it with 50,000 eve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -40,31 +38,13 @@ from tests.faults.harness import (
     Workspace,
     check_writers,
     consumer_deliveries,
+    throwaway_postgres,
     timed,
     wait_until,
 )
 from tests.faults.helpers_more import billing_counters
 
 pytestmark = pytest.mark.faults
-
-DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
-
-@contextlib.contextmanager
-def throwaway_postgres(server_url: str) -> Iterator[str]:
-    """A fresh database on the PostgreSQL server at ``server_url``, dropped afterwards."""
-    name = f"usage_scale_out_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        try:
-            yield sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
 
 
 async def _usage_stream(nats_url: str) -> tuple[str, int] | None:
