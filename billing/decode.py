@@ -21,8 +21,7 @@ one-line reason that ``rejected_events`` keeps.
   ``null`` counts as absent): kept with the record.
 
 The platform's other producers (the ``UsageEvent`` of the ``isa-common`` library) publish a
-second shape, told apart by its ``schema_version`` field or by lacking one of the
-contract's required fields: required only ``user_id``, ``product_id``, ``usage_amount``
+second shape, told apart by its ``schema_version`` field: required only ``user_id``, ``product_id``, ``usage_amount``
 and ``unit_type`` (any of :data:`PLATFORM_UNIT_TYPES`, each priced on its own);
 ``event_id``, ``usage_details`` and ``timestamp`` optional. Its times are the library's
 ``datetime.isoformat()``: one without an offset is UTC, a missing one is the time the
@@ -260,12 +259,9 @@ def _ids(document: dict[str, Any]) -> dict[str, str]:
 
 
 def is_platform_shape(document: dict[str, Any]) -> bool:
-    """The platform library's ``UsageEvent`` (it always sends ``schema_version``), or a
-    payload that lacks one of the contract's required fields but has the platform's."""
-    if "schema_version" in document:
-        return True
-    contract = all(name in document for name in REQUIRED_FIELDS)
-    return not contract and all(name in document for name in PLATFORM_REQUIRED_FIELDS)
+    """The platform library's ``UsageEvent``: it always sends ``schema_version`` (this
+    project's contract has no such field, so its payloads keep every rule above)."""
+    return "schema_version" in document
 
 
 def decode_usage_event(data: bytes, *, stored_at: datetime | None = None) -> UsageRecord:
