@@ -56,6 +56,7 @@ import nats
 import sqlalchemy as sa
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from shipper.natsserver import NatsServer
 
 from bench.shipper import (
     PRODUCTS,
@@ -76,10 +77,9 @@ from billing import jetstream as billing_jetstream
 from billing.config import BillingConfig
 from billing.consumer import BillingConsumer
 from billing.database import BillingDatabase
-from billing.db import create_billing_engine
+from billing.engines import create_billing_engine
 from billing.schema import billing_records
 from outbox import build_usage_event
-from shipper.natsserver import NatsServer
 from tests.faults.harness import DEFAULT_POSTGRES, throwaway_postgres
 
 ROOT = Path(__file__).resolve().parents[1]

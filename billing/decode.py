@@ -20,16 +20,17 @@ one-line reason that ``rejected_events`` keeps.
 * Optional top-level ids (:data:`TOP_LEVEL_IDS`: ``organization_id``, ``session_id``, ...;
   ``null`` counts as absent): kept with the record.
 
-The platform's other producers (the ``UsageEvent`` of the ``isa-common`` library) publish a
-second shape, told apart by its ``schema_version`` field: required only ``user_id``, ``product_id``, ``usage_amount``
-and ``unit_type`` (any of :data:`PLATFORM_UNIT_TYPES`, each priced on its own);
-``event_id``, ``usage_details`` and ``timestamp`` optional. Its times are the library's
-``datetime.isoformat()``: one without an offset is UTC, a missing one is the time the
-stream stored the message. Its default ``event_id`` is ``evt_<epoch seconds>``, which two
-events of the same instant share: such an event (:attr:`UsageRecord.keyed_by_delivery`)
-is keyed by the stream and sequence of its delivery, never by that id, so two different
-usages are never merged (and a producer that published one event twice is billed twice:
-it gave no way to tell the copies apart). The same holds for an event with no id at all.
+The platform's other producers (the ``UsageEvent`` of the ``isa-common`` library) publish
+a second shape, told apart by its ``schema_version`` field: required only ``user_id``,
+``product_id``, ``usage_amount`` and ``unit_type`` (any of :data:`PLATFORM_UNIT_TYPES`,
+each priced on its own); ``event_id``, ``usage_details`` and ``timestamp`` optional. Its
+times are the library's ``datetime.isoformat()``: one without an offset is UTC, a missing
+one is the time the stream stored the message. Its default ``event_id`` is ``evt_<epoch
+seconds>``, which two events of the same instant share: such an event
+(:attr:`UsageRecord.keyed_by_delivery`) is keyed by the stream and sequence of its
+delivery, never by that id, so two different usages are never merged (and a producer that
+published one event twice is billed twice: it gave no way to tell the copies apart). The
+same holds for an event with no id at all.
 """
 
 from __future__ import annotations

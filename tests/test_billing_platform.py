@@ -25,8 +25,8 @@ from nats.js import JetStreamContext
 
 from billing import jetstream as billing_js
 from billing.database import BillingDatabase
-from billing.db import create_billing_engine
 from billing.decode import decode_usage_event
+from billing.engines import create_billing_engine
 from billing.errors import InvalidPayload
 from billing.schema import billing_records, rejected_events
 from billing.store import Outcome

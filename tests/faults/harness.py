@@ -503,7 +503,7 @@ class Workspace:
     def billed(self) -> int:
         if self._billing_url is None:
             return self._count(self.billing_path, "SELECT count(*) FROM billing_records")
-        from billing.db import create_billing_sync_engine
+        from billing.engines import create_billing_sync_engine
 
         engine = create_billing_sync_engine(self._billing_url)
         try:

@@ -30,8 +30,8 @@ import pytest
 import sqlalchemy as sa
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-
 from shipper.natsserver import NatsServer
+
 from tests.faults.harness import (
     Proc,
     ScenarioResult,
