@@ -56,7 +56,6 @@ import nats
 import sqlalchemy as sa
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from shipper.natsserver import NatsServer
 
 from bench.shipper import (
     PRODUCTS,
@@ -81,6 +80,7 @@ from billing.engines import create_billing_engine
 from billing.schema import billing_records
 from outbox import build_usage_event
 from tests.faults.harness import DEFAULT_POSTGRES, throwaway_postgres
+from usage_demo.natsserver import NatsServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PRICE = Decimal("0.000002")

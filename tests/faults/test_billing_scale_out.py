@@ -30,7 +30,6 @@ import pytest
 import sqlalchemy as sa
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from shipper.natsserver import NatsServer
 
 from tests.faults.harness import (
     Proc,
@@ -43,6 +42,7 @@ from tests.faults.harness import (
     wait_until,
 )
 from tests.faults.helpers_more import billing_counters
+from usage_demo.natsserver import NatsServer
 
 pytestmark = pytest.mark.faults
 
