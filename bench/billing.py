@@ -57,6 +57,7 @@ import sqlalchemy as sa
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from bench.postgres import DEFAULT_POSTGRES, throwaway_postgres
 from bench.shipper import (
     PRODUCTS,
     Row,
@@ -79,7 +80,6 @@ from billing.database import BillingDatabase
 from billing.engines import create_billing_engine
 from billing.schema import billing_records
 from outbox import build_usage_event
-from tests.faults.harness import DEFAULT_POSTGRES, throwaway_postgres
 from usage_demo.natsserver import NatsServer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.faults.harness import DEFAULT_POSTGRES, ScenarioResult, throwaway_postgres
+from bench.postgres import DEFAULT_POSTGRES, throwaway_postgres
+from tests.faults.harness import ScenarioResult
 from tests.faults.test_billing_scale_out import scenario_billing_scale_out
 from tests.faults.test_crash_loops import scenario_billing_crash_loop, scenario_shipper_crash_loop
 from tests.faults.test_many_writers import scenario_many_writers

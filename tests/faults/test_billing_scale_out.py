@@ -31,13 +31,13 @@ import sqlalchemy as sa
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from bench.postgres import throwaway_postgres
 from tests.faults.harness import (
     Proc,
     ScenarioResult,
     Workspace,
     check_writers,
     consumer_deliveries,
-    throwaway_postgres,
     timed,
     wait_until,
 )
