@@ -208,6 +208,11 @@ class Demo:
             await self.wait_for("every event billed", self.all_billed, self.args.timeout)
             await self.replay_billed_events(self.args.replay)
             await self.wait_for("replays absorbed", self.replays_absorbed, self.args.timeout)
+            # A shipper restarted by the chaos may still be starting (its stop handler not
+            # installed yet) or re-sending what its killed predecessor had in flight: stop
+            # the one at work, once the outbox is empty, as an operator's stop would.
+            await self.wait_for("the shipper to hold the lease", self.shipper_holds_lease, 30)
+            await self.wait_for("the outbox drained", self.outbox_drained, self.args.timeout)
             shipper_exit = self.stop_shipper()
             self.stop_billing.set()
             await billing_task
@@ -285,6 +290,9 @@ class Demo:
         finally:
             await engine.dispose()
         return owner is not None and f":{self.shipper.pid}:" in owner
+
+    async def outbox_drained(self) -> bool:
+        return await self.pending_in_outbox() == (0, 0)
 
     async def pending_in_outbox(self) -> tuple[int, int]:
         engine = create_outbox_engine(f"sqlite+aiosqlite:///{self.service_db}")
@@ -462,7 +470,7 @@ class Demo:
             ),
             ("unpriced events kept, none dropped", report.unpriced_events == expected_unpriced),
             ("outbox drained: nothing pending, nothing dead", pending == 0 and dead == 0),
-            ("shipper stopped cleanly on SIGTERM (exit 0)", shipper_exit == 0),
+            (f"shipper stopped cleanly on SIGTERM (exit {shipper_exit})", shipper_exit == 0),
         ]
         for problem in audit.problems:
             print(f"  audit: {problem}")
