@@ -214,6 +214,7 @@ class Demo:
             await self.wait_for("the shipper to hold the lease", self.shipper_holds_lease, 30)
             await self.wait_for("the outbox drained", self.outbox_drained, self.args.timeout)
             shipper_exit = self.stop_shipper()
+            self.show_lease_news()  # what the progress loop had no turn left to show
             self.stop_billing.set()
             await billing_task
             progress.cancel()
