@@ -93,11 +93,47 @@ def _payload_problem(row: OutboxRow, *, parse: bool) -> str | None:
     return None
 
 
+#: Subjects already checked against ``_SUBJECT``: a platform has a handful (one per
+#: event type), so the regex runs once per subject, not once per row (~0.9 us a row).
+_checked_subjects: dict[str, bool] = {}
+_PAYLOAD_HEAD = b'{"event_id":"'
+_PAYLOAD_ID_AT = len(_PAYLOAD_HEAD)
+
+
+def _subject_ok(subject: str) -> bool:
+    ok = _checked_subjects.get(subject)
+    if ok is None:
+        ok = _SUBJECT.fullmatch(subject) is not None
+        if len(_checked_subjects) < 10_000:  # bounded: hand-edited rows could vary
+            _checked_subjects[subject] = ok
+    return ok
+
+
 def to_message(row: OutboxRow, *, max_payload: int, parse_payload: bool) -> Message | Refusal:
-    if not _SUBJECT.fullmatch(row.subject):
+    if not _subject_ok(row.subject):
         return Refusal(row, f"subject {row.subject!r} is not one token under {SUBJECT_PREFIX}")
-    # Fast path: the write API stores exactly this text, so one comparison replaces a
-    # parse, and the header block's size is known.
+    event_id = row.event_id
+    payload = row.payload
+    # Fast path, the row as the write API stores it (nearly every row): one comparison
+    # replaces a parse of the headers, the header block's size is known, and the envelope
+    # check is two slices. About 4x cheaper than the general path below.
+    if not parse_payload and row.headers == stored_headers(event_id):
+        encoded_id = event_id.encode()
+        end = _PAYLOAD_ID_AT + len(encoded_id)
+        if (
+            payload[:_PAYLOAD_ID_AT] == _PAYLOAD_HEAD
+            and payload[_PAYLOAD_ID_AT:end] == encoded_id
+            and payload[end : end + 1] == b'"'
+            and payload[-1:] == b"}"
+        ):
+            block = _CONTRACT_BLOCK_HEAD + encoded_id + _CONTRACT_BLOCK_TAIL
+            if len(payload) + len(block) <= max_payload:
+                return Message(row.subject, payload, contract_headers(event_id), block)
+    return _checked_message(row, max_payload=max_payload, parse_payload=parse_payload)
+
+
+def _checked_message(row: OutboxRow, *, max_payload: int, parse_payload: bool) -> Message | Refusal:
+    """The general path: every check spelled out, each refusal with its reason."""
     if row.headers == stored_headers(row.event_id):
         headers = contract_headers(row.event_id)
         block = _CONTRACT_BLOCK_HEAD + row.event_id.encode() + _CONTRACT_BLOCK_TAIL
