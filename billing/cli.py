@@ -14,8 +14,9 @@
     usage-billing audit                    check the ledger; exit 1 if anything is off
     usage-billing migrate                  bring the database to the current schema
 
-Every setting can also come from an environment variable; ``--help`` names it. A bad
-setting ends the process with one line on stderr and exit code 2.
+Every setting can also come from an environment variable; ``--help`` names it and the
+default (the table is :mod:`billing.options`). A bad setting ends the process with one
+line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,13 @@ import nats.errors
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from billing.config import ENV, BillingConfig, parse_setting
+from billing.config import BillingConfig
 from billing.consumer import BillingConsumer
 from billing.database import BillingDatabase
 from billing.decode import UNIT_TYPES
 from billing.engines import DEFAULT_DATABASE_URL, async_url
 from billing.errors import BillingConfigError, BillingError
+from billing.options import BURST_OPTIONS, DATABASE, RUN_OPTIONS
 from billing.pricing import PricingError
 from billing.report import (
     GROUPINGS,
@@ -52,112 +53,23 @@ from billing.report import (
     format_table,
 )
 from outbox.drivers import missing_driver
-from usage_runtime.flags import add_flag
 from usage_runtime.logs import configure_logging
+from usage_runtime.options import (
+    EXIT_BAD_SETTING,
+    BadValue,
+    Option,
+    Parser,
+    add_options,
+    defaults_of,
+    resolve,
+)
 from usage_runtime.signals import stop_on_signals
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_CONFIG = 2
-BURST_ENV = "BILLING_BURST"
-IDLE_ENV = "BILLING_IDLE_TIMEOUT"
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting: its flag, the config field (whose env variable is ``ENV[field]``), help."""
-
-    flag: str
-    field: str
-    help: str
-
-    @property
-    def env(self) -> str:
-        return ENV[self.field]
-
-
-DATABASE = Option(
-    "--database-url",
-    "database_url",
-    f"billing database, SQLAlchemy URL or SQLite file path (default {DEFAULT_DATABASE_URL})",
-)
-RUN_OPTIONS: tuple[Option, ...] = (
-    DATABASE,
-    Option(
-        "--nats-url", "nats_url", "NATS servers, comma-separated (default nats://127.0.0.1:4222)"
-    ),
-    Option("--nats-user", "nats_user", "NATS user (default none)"),
-    Option(
-        "--nats-password", "nats_password", "NATS password (prefer the environment; default none)"
-    ),
-    Option("--nats-token", "nats_token", "NATS token (prefer the environment; default none)"),
-    Option("--nats-nkey-seed", "nats_nkey_seed_file", "file holding an NKey seed (default none)"),
-    Option("--nats-creds", "nats_creds_file", "NATS .creds file (user JWT + seed; default none)"),
-    Option("--tls-ca", "tls_ca_file", "CA file to verify NATS with (default: system CAs)"),
-    Option("--tls-cert", "tls_cert_file", "client certificate for NATS (default none)"),
-    Option("--tls-key", "tls_key_file", "key of the client certificate (default none)"),
-    Option("--stream", "stream", "JetStream stream to read (default billing-stream)"),
-    Option(
-        "--stream-max-age",
-        "stream_max_age",
-        "max_age in seconds of a stream billing creates (default 30 days)",
-    ),
-    Option("--durable", "durable", "durable consumer name (default billing)"),
-    Option(
-        "--create-stream",
-        "create_stream",
-        "create the stream when none captures the usage subjects, else wait (default true)",
-    ),
-    Option("--batch-size", "batch_size", "messages per fetch and per transaction (default 256)"),
-    Option(
-        "--max-ack-pending", "max_ack_pending", "unacknowledged messages at most (default 2048)"
-    ),
-    Option(
-        "--ack-wait", "ack_wait", "seconds before an unacked message is redelivered (default 30)"
-    ),
-    Option("--fetch-timeout", "fetch_timeout", "seconds one fetch waits for messages (default 1)"),
-    Option(
-        "--max-deliveries",
-        "max_deliveries",
-        "deliveries of a message that cannot be stored before it is parked as rejected (default 5)",
-    ),
-    Option(
-        "--retry-delay",
-        "retry_delay",
-        "seconds before a message that could not be stored comes back (default 2)",
-    ),
-    Option("--connect-timeout", "connect_timeout", "seconds to connect to NATS (default 2)"),
-    Option("--migrate", "migrate", "run billing's migrations before consuming (default true)"),
-    Option("--log-format", "log_format", "text or json (default text)"),
-    Option("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR (default INFO)"),
-    Option(
-        "--metrics-port",
-        "metrics_port",
-        "serve /metrics, /healthz and /readyz on this port (default off; 0 = any free port)",
-    ),
-    Option(
-        "--metrics-host", "metrics_host", "address the metrics port listens on (default 127.0.0.1)"
-    ),
-)
-
-
-_FLAGS = {f.name for f in fields(BillingConfig) if f.type == "bool"}
-
-
-def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
-    for option in options:
-        if option.field in _FLAGS:  # yes/no settings are flags, as in usage-shipper
-            add_flag(
-                parser, option.flag, dest=option.field, help=f"{option.help} [env {option.env}]"
-            )
-            continue
-        parser.add_argument(
-            option.flag,
-            dest=option.field,
-            default=None,
-            metavar="VALUE",
-            help=f"{option.help} [env {option.env}]",
-        )
+EXIT_CONFIG = EXIT_BAD_SETTING
+#: What ``--help`` shows as the defaults: the config's own.
+DEFAULTS = defaults_of(BillingConfig)
 
 
 def database_url(text: str) -> str:
@@ -167,26 +79,21 @@ def database_url(text: str) -> str:
 
 def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> BillingConfig:
     """Flags win over environment variables, which win over the defaults."""
-    values: dict[str, Any] = {}
-    for option in RUN_OPTIONS:
-        raw = getattr(args, option.field, None)
-        source = option.flag
-        if raw is None:
-            raw, source = env.get(option.env), f"${option.env}"
-        if isinstance(raw, bool):  # a flag
-            values[option.field] = raw
-            continue
-        if raw is None or raw.strip() == "":
-            continue
-        try:
-            values[option.field] = parse_setting(option.field, raw)
-        except BillingConfigError as exc:
-            raise BillingConfigError(f"{source}: bad value {raw!r}") from exc
+    values = _resolve(RUN_OPTIONS, args, env)
     if "database_url" in values:
         values["database_url"] = database_url(values["database_url"])
     config = BillingConfig(**values).validate()
     _check_driver(config.database_url)
     return config
+
+
+def _resolve(
+    options: Sequence[Option], args: argparse.Namespace, env: Mapping[str, str]
+) -> dict[str, Any]:
+    try:
+        return resolve(options, args, env)
+    except BadValue as exc:
+        raise BillingConfigError(str(exc)) from exc
 
 
 def _check_driver(url: str) -> None:
@@ -197,26 +104,15 @@ def _check_driver(url: str) -> None:
 
 
 def _burst_settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[bool, float]:
-    burst = args.burst
-    if burst is None:
-        raw = env.get(BURST_ENV, "").strip().lower()
-        if raw not in ("", "1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise BillingConfigError(f"${BURST_ENV}: bad value {raw!r}, expected true/false")
-        burst = raw in ("1", "true", "yes", "on")
-    idle = args.idle_timeout
-    if idle is None:
-        raw = env.get(IDLE_ENV, "").strip() or "1"
-        try:
-            idle = float(raw)
-        except ValueError as exc:
-            raise BillingConfigError(f"${IDLE_ENV}: bad value {raw!r}") from exc
+    values = _resolve(BURST_OPTIONS, args, env)
+    idle = float(values.get("idle_timeout", 1.0))
     if not idle > 0:
         raise BillingConfigError("idle timeout must be positive")
-    return bool(burst), float(idle)
+    return bool(values.get("burst", False)), idle
 
 
 def _database(args: argparse.Namespace, env: Mapping[str, str], *, must_exist: bool) -> str:
-    raw = args.database_url or env.get(DATABASE.env) or DEFAULT_DATABASE_URL
+    raw = _resolve([DATABASE], args, env).get("database_url") or DEFAULT_DATABASE_URL
     url = database_url(raw)
     _check_driver(url)
     parsed = make_url(url)
@@ -228,34 +124,20 @@ def _database(args: argparse.Namespace, env: Mapping[str, str], *, must_exist: b
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="usage-billing",
         description="Bill usage events from NATS JetStream exactly once, into a ledger.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="migrate, then consume until SIGTERM/SIGINT")
-    _add_options(run, RUN_OPTIONS)
-    run.add_argument(
-        "--burst",
-        action="store_true",
-        default=None,
-        help="consume until no message arrives for --idle-timeout seconds, print the "
-        f"counters, exit [env {BURST_ENV}]",
-    )
-    run.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help=f"with --burst: how long a quiet stream means done (default 1) [env {IDLE_ENV}]",
-    )
+    add_options(run, RUN_OPTIONS + BURST_OPTIONS, DEFAULTS)
 
     migrate = commands.add_parser("migrate", help="bring the billing database to the schema")
-    _add_options(migrate, [DATABASE])
+    add_options(migrate, [DATABASE], DEFAULTS)
 
     report = commands.add_parser("report", help="per-user totals, balances and counts")
-    _add_options(report, [DATABASE])
+    add_options(report, [DATABASE], DEFAULTS)
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report.add_argument(
         "--by",
@@ -280,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     prices = commands.add_parser("prices", help="set or list unit prices")
     price_commands = prices.add_subparsers(dest="prices_command", required=True)
     price_set = price_commands.add_parser("set", help="set the price of one unit of a product")
-    _add_options(price_set, [DATABASE])
+    add_options(price_set, [DATABASE], DEFAULTS)
     price_set.add_argument("product_id", help="the product (model name), exactly as sent")
     price_set.add_argument(
         "unit_type",
@@ -291,17 +173,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     price_set.add_argument("price", help="price per unit, a decimal with at most 12 places")
     price_list = price_commands.add_parser("list", help="list the prices")
-    _add_options(price_list, [DATABASE])
+    add_options(price_list, [DATABASE], DEFAULTS)
 
     rejected = commands.add_parser("rejected", help="rejected deliveries with their reasons")
-    _add_options(rejected, [DATABASE])
+    add_options(rejected, [DATABASE], DEFAULTS)
     rejected.add_argument("--limit", type=int, default=50, help="rows shown at most (default 50)")
 
     reprice = commands.add_parser("reprice", help="bill unpriced events that now have a price")
-    _add_options(reprice, [DATABASE])
+    add_options(reprice, [DATABASE], DEFAULTS)
 
     audit = commands.add_parser("audit", help="check the ledger's invariants (exit 1 if not)")
-    _add_options(audit, [DATABASE])
+    add_options(audit, [DATABASE], DEFAULTS)
     return parser
 
 
@@ -443,6 +325,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         if args.command == "run":
             config = build_config(args, environment)
+            burst, idle_timeout = _burst_settings(args, environment)
             configure_logging(config.log_format, config.log_level)
             log = logging.getLogger("billing")
             shown = config.redacted()
@@ -455,7 +338,6 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 extra={"action": "starting"},
             )
             log.debug("starting with %s", shown, extra={"action": "settings"})
-            burst, idle_timeout = _burst_settings(args, environment)
             return asyncio.run(_run(config, burst=burst, idle_timeout=idle_timeout))
         configure_logging("text", "WARNING")
         creates = args.command == "migrate" or (

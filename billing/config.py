@@ -1,8 +1,9 @@
 """Consumer settings: one frozen, keyword-only dataclass, from flags and environment.
 
-Every setting has a default here and an environment variable (:data:`ENV`); the command
-line overrides both. :meth:`BillingConfig.validate` reports the first problem as a
-one-line :class:`BillingConfigError`, at start-up, never an hour later.
+Every setting has a default here and an option in :mod:`billing.options`, with its
+environment variable (:data:`ENV`); the command line overrides both.
+:meth:`BillingConfig.validate` reports the first problem as a one-line
+:class:`BillingConfigError`, at start-up, never an hour later.
 """
 
 from __future__ import annotations
@@ -20,54 +21,16 @@ from sqlalchemy.exc import ArgumentError
 
 from billing.engines import DEFAULT_DATABASE_URL
 from billing.errors import BillingConfigError
-from outbox.stream_spec import (
-    DEFAULT_STREAM,
-    DEFAULT_STREAM_MAX_AGE,
-    STREAM_ENV,
-    STREAM_MAX_AGE_ENV,
-    USAGE_SUBJECTS,
-)
+from billing.options import ENV, SETTINGS
+from outbox.stream_spec import DEFAULT_STREAM, DEFAULT_STREAM_MAX_AGE, USAGE_SUBJECTS
+from usage_runtime.options import BadValue, parse_value
 from usage_runtime.redact import redact_url
 
 DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
 #: What the consumer reads: every usage subject, also multi-token ones if a stream has them.
 FILTER_SUBJECT: Final = USAGE_SUBJECTS
 
-#: Setting name -> environment variable.
-ENV: Final = {
-    "database_url": "BILLING_DATABASE_URL",
-    "nats_url": "NATS_URL",
-    # Credentials and TLS: the shipper's variables, so one set configures both.
-    "nats_user": "NATS_USER",
-    "nats_password": "NATS_PASSWORD",
-    "nats_token": "NATS_TOKEN",
-    "nats_nkey_seed_file": "NATS_NKEY_SEED_FILE",
-    "nats_creds_file": "NATS_CREDS_FILE",
-    "tls_ca_file": "NATS_TLS_CA_FILE",
-    "tls_cert_file": "NATS_TLS_CERT_FILE",
-    "tls_key_file": "NATS_TLS_KEY_FILE",
-    # The stream settings are shared with the shipper: one variable names it for both.
-    "stream": STREAM_ENV,
-    "stream_max_age": STREAM_MAX_AGE_ENV,
-    "durable": "BILLING_DURABLE",
-    "create_stream": "USAGE_CREATE_STREAM",
-    "batch_size": "BILLING_BATCH_SIZE",
-    "max_ack_pending": "BILLING_MAX_ACK_PENDING",
-    "ack_wait": "BILLING_ACK_WAIT",
-    "fetch_timeout": "BILLING_FETCH_TIMEOUT",
-    "max_deliveries": "BILLING_MAX_DELIVERIES",
-    "retry_delay": "BILLING_RETRY_DELAY",
-    "connect_timeout": "BILLING_CONNECT_TIMEOUT",
-    "migrate": "BILLING_MIGRATE",
-    "log_format": "BILLING_LOG_FORMAT",
-    "log_level": "BILLING_LOG_LEVEL",
-    "metrics_port": "BILLING_METRICS_PORT",
-    "metrics_host": "BILLING_METRICS_HOST",
-}
-
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,20 +196,7 @@ class BillingConfig:
 
 def parse_setting(name: str, raw: str) -> Any:
     """Convert an environment value to the setting's type; one-line error if it cannot."""
-    kind = {f.name: f.type for f in fields(BillingConfig)}[name]
-    text = raw.strip()
     try:
-        if kind == "bool":
-            lowered = text.lower()
-            if lowered in _TRUE:
-                return True
-            if lowered in _FALSE:
-                return False
-            raise ValueError("expected true/false")
-        if kind in ("int", "int | None"):  # an optional int given a value is that int
-            return int(text)
-        if kind == "float":
-            return float(text)
-    except ValueError as exc:
-        raise BillingConfigError(f"${ENV[name]}={raw!r}: {exc}") from exc
-    return text
+        return parse_value(SETTINGS[name], raw, f"${ENV[name]}")
+    except BadValue as exc:
+        raise BillingConfigError(str(exc)) from exc

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from outbox.errors import ConfigError
-from shipper.cli import build_config
 from shipper.discovery import Discovery
+from shipper.options import build_config
 from tests.certs import TlsFiles, make_tls, other_ca
 from tests.consul_stub import ConsulStub
 from tests.fixtures.shipper import ShipperRunner, outbox_counts, shipper_config, write_events

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import pytest
 
-from billing.cli import RUN_OPTIONS as billing_options
 from billing.cli import main as billing_main
 from billing.config import BillingConfig
+from billing.options import RUN_OPTIONS as billing_options
 from outbox.errors import ConfigError
-from shipper.cli import OPTIONS as shipper_options
 from shipper.cli import main as shipper_main
 from shipper.config import ShipperConfig
+from shipper.options import OPTIONS as shipper_options
 from tests.certs import nats_conf
 from tests.consul_stub import ConsulStub
 from tests.fixtures.shipper import (

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from shipper.cli import OPTIONS, _parser, build_config, main
+from shipper.cli import _parser, main
 from shipper.config import ShipperConfig
+from shipper.options import OPTIONS, build_config
 from tests.consul_stub import ConsulStub
 from tests.fixtures.shipper import (
     msg_ids,
@@ -132,7 +133,7 @@ def test_help_lists_every_option_with_its_environment_variable() -> None:
     text = " ".join(result.stdout.split())  # argparse wraps lines
     for option in OPTIONS:
         assert option.flag in text
-        assert f"[env {option.env}]" in text, option.env
+        assert f"[env {option.envvar}]" in text, option.envvar
     assert "NATS_HOST" in text and "NATS_PORT" in text
     # every setting of the shipper can be given as a flag / environment variable
     settable = {f.name for f in dataclasses.fields(ShipperConfig)}
