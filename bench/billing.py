@@ -58,21 +58,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bench.postgres import DEFAULT_POSTGRES, throwaway_postgres
-from bench.shipper import (
-    PRODUCTS,
-    Row,
-    event_args,
-    load,
-    percentile,
-    print_table,
-    read_commits,
-    read_stream,
-    server_version,
-    start_shipper,
-    stop_process,
-    verdict,
-    wait_ready,
-)
+from bench.processes import start_shipper, stop_process, wait_ready
+from bench.report import Row, load, percentile, print_table, server_version, verdict
+from bench.stream import read_stream
+from bench.workload import PRODUCTS, event_args
+from bench.writer import write_at_rate
 from billing import jetstream as billing_jetstream
 from billing.config import BillingConfig
 from billing.consumer import BillingConsumer
@@ -329,23 +319,7 @@ async def bench_latency(
                 raise RuntimeError("billing did not catch up with the stream")
             await asyncio.sleep(0.5)
         before = (await billed_rate(billing_url))[1]
-        writer = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.shipper",
-            "--writer",
-            str(outbox),
-            "--writer-out",
-            str(out),
-            "--latency-rate",
-            str(rate),
-            "--latency-seconds",
-            str(seconds),
-            cwd=ROOT,
-        )
-        if await writer.wait() != 0:
-            raise RuntimeError("the latency writer failed")
-        achieved, _groups, commits = read_commits(out)
+        achieved, _groups, commits = await write_at_rate(outbox, out, rate, seconds)
         deadline = perf() + TIMEOUT
         while perf() < deadline:
             if (await billed_rate(billing_url))[1] >= before + len(commits):
