@@ -4,14 +4,14 @@
     .venv/bin/python -m bench.soak --minutes 60         # bigger rounds, repeated for an hour
     .venv/bin/python -m bench.soak --only 1,2 --seed 7  # chosen scenarios, reproducible
 
-Runs the same scenario functions as the CI tests in ``tests/faults`` (shipper crash loop,
-NATS outage stopped and SIGKILLed, NATS freeze, billing crash loop, many writers, and 10:
-four billing processes on one durable on the local PostgreSQL, one SIGKILLed at random
-every few seconds), each ending with the one audit, with sizes scaled by ``--minutes``:
-every round is at least the base size (60,000 events and 30 SIGKILLs of the shipper, a
-30 s NATS outage, 50,000 events for scenario 10, ...), growing up to five times that for
-long soaks; rounds repeat, with fresh seeds, until the
-time is used up (always at least one round). Each scenario prints what it did and what
+Runs the scenario functions of ``bench/faults`` that the CI tests in ``tests/faults`` run
+(shipper crash loop, NATS outage stopped and SIGKILLed, NATS freeze, billing crash loop,
+many writers, and 10: four billing processes on one durable on the local PostgreSQL, one
+SIGKILLed at random every few seconds), each ending with the one audit, with sizes scaled
+by ``--minutes``: every round is at least the base size (60,000 events and 30 SIGKILLs of
+the shipper, a 30 s NATS outage, 50,000 events for scenario 10, ...), growing up to five
+times that for long soaks; rounds repeat, with fresh seeds, until the time is used up
+(always at least one round). Each scenario prints what it did and what
 it found; the end is a table, and the exit code is 1 if anything failed.
 
 Every run uses fresh files in a temporary directory (``--keep DIR`` to keep them).
@@ -29,12 +29,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.faults.billing_scale_out import scenario_billing_scale_out
+from bench.faults.crash_loops import scenario_billing_crash_loop, scenario_shipper_crash_loop
+from bench.faults.harness import ScenarioResult
+from bench.faults.many_writers import scenario_many_writers
+from bench.faults.nats_outage import scenario_nats_freeze, scenario_nats_outage
 from bench.postgres import DEFAULT_POSTGRES, throwaway_postgres
-from tests.faults.harness import ScenarioResult
-from tests.faults.test_billing_scale_out import scenario_billing_scale_out
-from tests.faults.test_crash_loops import scenario_billing_crash_loop, scenario_shipper_crash_loop
-from tests.faults.test_many_writers import scenario_many_writers
-from tests.faults.test_nats_outage import scenario_nats_freeze, scenario_nats_outage
 
 Scenario = Callable[[Path, float, int], ScenarioResult]
 

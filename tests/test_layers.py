@@ -4,8 +4,8 @@
     shipper        billing                side by side: never import each other
     outbox         usage_runtime          the ground: import nothing else of ours
 
-``tests`` are apart: no production module and no benchmark imports them (the soak is the
-one exception; it runs the fault scenarios, which live with the tests).
+``tests`` are apart: no production module and no benchmark imports them (the fault
+scenarios that both the tests and ``bench/soak.py`` run live in ``bench/faults``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ ALLOWED: dict[str, frozenset[str]] = {
     "usage_demo": OURS - {"tests", "bench"},
     "bench": OURS - {"tests"},
 }
-#: Modules allowed past their package's rule, each with the reason.
-EXCEPTIONS = {"bench/soak.py": "runs the fault scenarios of tests/faults"}
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -57,8 +55,6 @@ def test_each_package_imports_only_the_layers_below_it(package: str) -> None:
     broken = {}
     for path in modules(package):
         name = path.relative_to(REPO).as_posix()
-        if name in EXCEPTIONS:
-            continue
         extra = imported_packages(path) - ALLOWED[package]
         if extra:
             broken[name] = sorted(extra)

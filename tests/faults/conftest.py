@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Workspace
+from bench.faults.harness import Workspace
 
 
 def pytest_configure(config: pytest.Config) -> None:

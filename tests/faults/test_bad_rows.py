@@ -28,11 +28,8 @@ import nats
 import pytest
 from nats.js.api import StorageType, StreamConfig
 
-from outbox import Outbox
-from outbox.contract import build_usage_event
-from outbox.stream_spec import DEFAULT_STREAM
-from tests.faults.audit import WrittenLog
-from tests.faults.harness import (
+from bench.faults.audit import WrittenLog
+from bench.faults.harness import (
     ScenarioResult,
     Workspace,
     timed,
@@ -40,7 +37,10 @@ from tests.faults.harness import (
     wait_until,
     written_record,
 )
-from tests.faults.helpers_more import outbox_rows, outbox_sql, shipper_proc
+from bench.faults.helpers import outbox_rows, outbox_sql, shipper_proc
+from outbox import Outbox
+from outbox.contract import build_usage_event
+from outbox.stream_spec import DEFAULT_STREAM
 from usage_demo.natsserver import NatsServer
 
 pytestmark = pytest.mark.faults

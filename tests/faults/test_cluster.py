@@ -23,12 +23,12 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 
+from bench.faults.harness import ScenarioResult, Workspace, count_lines, timed, wait_until
+from bench.faults.helpers import shipper_proc, stream_info, stream_messages
 from outbox.contract import build_usage_event
 from outbox.stream_spec import DEFAULT_STREAM
 from shipper.publisher import Message, Outcome, Publisher, classify
 from tests.consul_stub import ConsulStub
-from tests.faults.harness import ScenarioResult, Workspace, count_lines, timed, wait_until
-from tests.faults.helpers_more import shipper_proc, stream_info, stream_messages
 from usage_demo.natsserver import NatsCluster
 
 pytestmark = pytest.mark.faults

@@ -38,10 +38,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from outbox import Outbox, create_outbox_engine, migrate, record_usage
-from outbox.errors import OutboxStoreError
-from tests.faults.audit import WrittenLog
-from tests.faults.harness import (
+from bench.faults.audit import WrittenLog
+from bench.faults.harness import (
     Proc,
     ScenarioResult,
     Workspace,
@@ -51,7 +49,9 @@ from tests.faults.harness import (
     wait_until,
     written_record,
 )
-from tests.faults.helpers_more import shipper_proc, stream_messages, stream_messages_async
+from bench.faults.helpers import shipper_proc, stream_messages, stream_messages_async
+from outbox import Outbox, create_outbox_engine, migrate, record_usage
+from outbox.errors import OutboxStoreError
 from usage_demo.natsserver import NatsServer
 
 pytestmark = pytest.mark.faults

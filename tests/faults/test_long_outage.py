@@ -21,14 +21,14 @@ import time
 
 import pytest
 
-from tests.faults.harness import (
+from bench.faults.harness import (
     ScenarioResult,
     Workspace,
     in_flight_recoveries,
     timed,
     wait_until,
 )
-from tests.faults.helpers_more import (
+from bench.faults.helpers import (
     billing_counters,
     outbox_rows,
     outbox_sql,

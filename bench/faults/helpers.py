@@ -1,4 +1,4 @@
-"""Helpers for scenarios 4, 7, 8 and 9 beyond :mod:`tests.faults.harness`.
+"""Helpers for scenarios 4, 7, 8, 9 and 10 beyond :mod:`bench.faults.harness`.
 
 * :func:`shipper_proc`: ``python -m shipper run`` with flags the harness does not pass
   (``--replicas``, ``--consul-host``, ``--duplicate-window``, ``--parse-payloads``...).
@@ -28,8 +28,8 @@ import nats
 import nats.errors
 from nats.js.api import StreamInfo
 
+from bench.faults.harness import SHIPPER_DEFAULTS, Proc, Workspace, _settings_env, clean_env
 from outbox.stream_spec import DEFAULT_STREAM
-from tests.faults.harness import SHIPPER_DEFAULTS, Proc, Workspace, _settings_env, clean_env
 
 
 def shipper_proc(

@@ -1,4 +1,5 @@
-"""Process helpers shared by the fault scenarios (``tests/faults``) and ``bench/soak.py``.
+"""Process helpers shared by the fault scenarios (``bench/faults``, run by ``tests/faults``
+and ``bench/soak.py``).
 
 Everything here drives the real parts as real processes: writer processes that record
 events through the outbox's own write API, the shipper (``python -m shipper run``) and the
@@ -16,17 +17,17 @@ The API, small on purpose::
     results = writers.wait(60)                # one WriterResult per process
     ws.wait_settled(nats.url, timeout=60)     # outbox empty, everything written billed
     shipper.stop(); billing.stop()
-    report = ws.audit(nats.url)               # tests/faults/audit.run_audit on all of it
+    report = ws.audit(nats.url)               # bench.faults.audit.run_audit on all of it
 
 * :class:`Proc`: one child process; ``start``/``kill`` (SIGKILL, by pid)/``stop``
   (SIGTERM, then SIGKILL after a deadline)/``restart``; counts its starts and kills; its
   log is appended across restarts and :meth:`Proc.log_since_start` reads the current run.
 * :func:`wait_until`: poll a condition until a deadline; the only way tests wait.
 * :func:`crash_loop`: SIGKILL a process at random moments N times, restarting it each time.
-* Writers: ``python -m tests.faults.harness writer ...`` (:func:`writer_main`), through
+* Writers: ``python -m bench.faults.harness writer ...`` (:func:`writer_main`), through
   :class:`outbox.Outbox` (group commit) or :func:`outbox.record_usage` inside a session
   transaction that also inserts a business row. Each committed event is appended to the
-  writer's :class:`~tests.faults.audit.WrittenLog`; each failed call is counted, never
+  writer's :class:`~bench.faults.audit.WrittenLog`; each failed call is counted, never
   retried, so an error reaching a writer is visible in :class:`WriterResult`.
 
 Every process is killed (by its own pid) when the workspace closes, whatever the test did.
@@ -55,8 +56,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from bench.faults.audit import AuditReport, Written, WrittenLog, load_written, run_audit
 from outbox.stream_spec import DEFAULT_STREAM
-from tests.faults.audit import AuditReport, Written, WrittenLog, load_written, run_audit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -438,7 +439,7 @@ class Workspace:
             argv = [
                 sys.executable,
                 "-m",
-                "tests.faults.harness",
+                "bench.faults.harness",
                 "writer",
                 "--outbox",
                 str(self.outbox_path),
@@ -530,7 +531,7 @@ class Workspace:
         prices: Mapping[tuple[str, str], str] = PRICES,
         **kw: Any,
     ) -> AuditReport:
-        """:func:`tests.faults.audit.run_audit` over everything the writers logged."""
+        """:func:`bench.faults.audit.run_audit` over everything the writers logged."""
         return asyncio.run(
             run_audit(
                 written=self.written(),
@@ -739,8 +740,8 @@ async def _write(spec: WriterSpec, outbox: Path, log: WrittenLog, writer: int) -
 
 
 def writer_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tests.faults.harness writer``: write, log each commit, report (JSON)."""
-    parser = argparse.ArgumentParser(prog="tests.faults.harness")
+    """``python -m bench.faults.harness writer``: write, log each commit, report (JSON)."""
+    parser = argparse.ArgumentParser(prog="bench.faults.harness")
     parser.add_argument("command", choices=["writer"])
     parser.add_argument("--outbox", type=Path, required=True)
     parser.add_argument("--written", type=Path, required=True)
