@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.cli_help import option_entries
 from tests.fixtures.shipper import (
     msg_ids,
     read_stream,
@@ -36,21 +37,6 @@ def _help(*argv: str) -> str:
     return result.stdout
 
 
-def _option_helps(text: str) -> dict[str, str]:
-    """Each ``--option``'s help text in an argparse ``--help`` page."""
-    helps: dict[str, str] = {}
-    current = None
-    for line in text.split("options:", 1)[1].splitlines():
-        match = re.match(r"^  (-\w, )?(--[\w-]+)", line)
-        if match:
-            current = match.group(2)
-            helps[current] = line
-        elif current is not None:
-            helps[current] += " " + line.strip()
-    helps.pop("--help", None)
-    return helps
-
-
 @pytest.mark.parametrize(
     "argv",
     [
@@ -64,7 +50,7 @@ def _option_helps(text: str) -> dict[str, str]:
     ids=" ".join,
 )
 def test_help_shows_every_default(argv: tuple[str, ...]) -> None:
-    helps = _option_helps(_help(*argv))
+    helps = option_entries(_help(*argv))
     assert helps, "no options found: the parser of this test is broken"
     for flag, text in helps.items():
         if flag in ("--burst", "--stamp"):  # plain switches: off unless given

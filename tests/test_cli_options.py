@@ -5,7 +5,6 @@ value is one line naming where it came from and what is expected, with exit code
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from billing.cli import DEFAULTS as BILLING_DEFAULTS
 from billing.options import BURST_OPTIONS, RUN_OPTIONS
 from shipper.options import DEFAULTS as SHIPPER_DEFAULTS
 from shipper.options import OPTIONS
+from tests.fixtures.cli_help import option_entries
 from tests.fixtures.shipper import run_module, shipper_env
 from usage_runtime.options import Option, help_line
 
@@ -159,20 +159,6 @@ def test_a_bad_value_is_one_line_naming_its_source_and_what_is_expected(
     assert not list(tmp_path.iterdir())  # nothing was created on the way out
 
 
-def _entries(help_text: str) -> dict[str, str]:
-    """``--flag`` -> its whole entry in an argparse ``--help`` page, white space folded."""
-    entries: dict[str, str] = {}
-    current = None
-    for line in help_text.split("options:", 1)[1].splitlines():
-        match = re.match(r"^  (--[\w-]+)", line)
-        if match:
-            current = match.group(1)
-            entries[current] = line
-        elif current is not None:
-            entries[current] += " " + line
-    return {flag: " ".join(text.split()) for flag, text in entries.items()}
-
-
 @pytest.mark.parametrize(
     ("program", "options", "defaults"),
     [
@@ -185,8 +171,8 @@ def test_help_shows_every_options_env_var_and_default(
 ) -> None:
     result = run_module(program, "run", "--help", env=_env(tmp_path))
     assert result.returncode == 0, result.stderr
-    entries = _entries(result.stdout)
-    assert set(entries) - {"--help"} == {option.flag for option in options}
+    entries = option_entries(result.stdout)
+    assert set(entries) == {option.flag for option in options}
     for option in options:
         # A default --help shows is the config's own, unless the table words it itself.
         assert option.default is not None or option.field in defaults, option.flag
