@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy.exc import SQLAlchemyError
 
 from outbox.errors import ConfigError, OutboxError
-from shipper import operator
+from shipper import commands as operator_commands
 from shipper.config import ShipperConfig
 from shipper.options import DATABASE, DEFAULTS, OPTIONS, PEEK_OPTIONS, build_config, outbox_target
 from shipper.peek import peek
@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument(
         "--older-than",
         required=True,
-        type=operator.parse_duration,
+        type=operator_commands.parse_duration,
         metavar="DURATION",
         help="age by created_at: 7d, 12h, 30m, 45s (a plain number is seconds)",
     )
@@ -162,19 +162,19 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return asyncio.run(_peek(build_config(args, environment), args.last, args.follow))
         target = outbox_target(args, environment)
         if args.command == "migrate":
-            asyncio.run(operator.migrate_outbox(target, stamp=args.stamp))
+            asyncio.run(operator_commands.migrate_outbox(target, stamp=args.stamp))
             return 0
-        url = operator.existing_outbox(target)
+        url = operator_commands.existing_outbox(target)
         if args.command == "status":
-            asyncio.run(operator.status(url))
+            asyncio.run(operator_commands.status(url))
         elif args.dead_command == "list":
-            asyncio.run(operator.dead_list(url, args.limit))
+            asyncio.run(operator_commands.dead_list(url, args.limit))
         elif args.dead_command == "purge":
-            asyncio.run(operator.dead_purge(url, args.older_than, args.dry_run))
+            asyncio.run(operator_commands.dead_purge(url, args.older_than, args.dry_run))
         else:
             if not args.ids and not args.all:
                 raise ConfigError("dead requeue: give row ids or --all")
-            asyncio.run(operator.dead_requeue(url, None if args.all else args.ids))
+            asyncio.run(operator_commands.dead_requeue(url, None if args.all else args.ids))
         return 0
     except (ConfigError, BadValue) as exc:
         print(f"usage-shipper: {exc}", file=sys.stderr)
