@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Final
 
 from outbox.errors import InvalidUsageEvent
+from outbox.ids import iso_timestamp, new_event_id, new_event_ids
 from outbox.subject import MAX_TOKEN_LENGTH, SUBJECT_PREFIX, product_token
-from outbox.tracing import TraceContext, trace_context
+from outbox.tracing import TraceContext, active_trace_context, trace_context
 
 EVENT_TYPE: Final = "billing.usage.recorded"
 #: Default refusal threshold for one encoded payload. NATS's default ``max_payload`` is
@@ -129,6 +128,11 @@ def _liftable_id(value: object) -> bool:
 def _top_level_ids(metadata: Mapping[str, Any], given: tuple[object, ...]) -> str:
     """The ids' JSON members (``,"session_id":"..."``...) from keywords and metadata."""
     members = ""
+    if given == _NO_IDS:  # the usual case: only metadata holds ids
+        for field in ID_FIELDS:
+            if field in metadata and _liftable_id(lifted := metadata[field]):
+                members += f',"{field}":{_quote(lifted)}'
+        return members
     for field, keyword in zip(ID_FIELDS, given, strict=True):
         if keyword is not None:
             value = _require_id(field, keyword)
@@ -186,6 +190,8 @@ def _unit_count(field: str, value: object) -> float | None:
 def _metadata(value: object) -> Mapping[str, Any]:
     if value is None:
         return {}
+    if type(value) is dict and _plain_metadata(value):
+        return value
     if type(value) is not dict and not isinstance(value, Mapping):
         raise InvalidUsageEvent("metadata", f"must be a dict, got {type(value).__name__}")
     for key, item in value.items():
@@ -196,6 +202,20 @@ def _metadata(value: object) -> Mapping[str, Any]:
         if isinstance(item, dict | list | tuple):
             _check_nested_keys(item)
     return value
+
+
+def _plain_metadata(value: dict[Any, Any]) -> bool:
+    """The usual metadata, checked in one pass: str keys, none reserved, no nested
+    container (whose keys :func:`_metadata` would walk). False only means: check it item
+    by item, for the error."""
+    for key, item in value.items():
+        if type(key) is not str or key in RESERVED_DETAIL_KEYS or type(item) in _CONTAINERS:
+            return False
+    return True
+
+
+#: Exact types only: a subclass of one goes the item-by-item way, which walks it.
+_CONTAINERS: Final = frozenset({dict, list, tuple})
 
 
 #: How deep ``metadata`` may nest; deeper is refused rather than walked.
@@ -257,34 +277,31 @@ _NO_IDS: Final = (None, None, None, None, None)
 _quote: Callable[[str], str] = json.encoder.encode_basestring
 
 
-_stamp_cache: tuple[int, str] = (0, "1970-01-01T00:00:00")
+#: ``(event_id, subject, payload, created_at, trace)``: one validated, encoded event of a
+#: batch (:func:`build_usage_events`), a plain tuple because batches build thousands a
+#: second (a frozen dataclass costs ~30x more to make).
+EncodedEvent = tuple[str, str, bytes, float, TraceContext | None]
 
-
-def iso_timestamp(now_ns: int) -> str:
-    """``now_ns`` (Unix nanoseconds) as ISO 8601 UTC with microseconds and an explicit
-    offset, e.g. ``2025-01-09T12:00:00.000000+00:00`` (what ``datetime.isoformat`` gives,
-    truncated to the microsecond). The date-time part is formatted once per second."""
-    global _stamp_cache
-    seconds, nanos = divmod(now_ns, 1_000_000_000)
-    cached_seconds, prefix = _stamp_cache
-    if seconds != cached_seconds:
-        prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _stamp_cache = (seconds, prefix)
-    return f"{prefix}.{nanos // 1000:06d}+00:00"
-
-
-def new_event_id(now_ns: int) -> str:
-    """A UUIDv7 (RFC 9562) for the instant ``now_ns`` (Unix nanoseconds).
-
-    48 bits of milliseconds, then the sub-millisecond fraction in the 12 ``rand_a`` bits
-    (RFC 9562 method 3, so ids from one process sort by write time to ~250 ns), then 62
-    random bits. The id therefore carries the same instant as the event's ``timestamp``.
-    """
-    millis, rest = divmod(now_ns, 1_000_000)
-    head = ((millis & 0xFFFF_FFFF_FFFF) << 16 | 0x7000 | rest * 4096 // 1_000_000).to_bytes(8)
-    tail = int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF | 0x8000_0000_0000_0000
-    text = (head + tail.to_bytes(8)).hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+#: The keywords an event of a batch may hold (:class:`outbox.write.UsageArgs`); the five
+#: without a default must be there.
+_ARGUMENTS: Final = frozenset(
+    {
+        "user_id",
+        "product_id",
+        "provider",
+        "operation",
+        "service_type",
+        "input_tokens",
+        "output_tokens",
+        "input_units",
+        "output_units",
+        "metadata",
+        *ID_FIELDS,
+        "traceparent",
+        "tracestate",
+    }
+)
+_REQUIRED: Final = frozenset({"user_id", "product_id", "provider", "operation", "service_type"})
 
 
 def build_usage_event(
@@ -316,6 +333,120 @@ def build_usage_event(
     returned event has a fresh time-ordered ``event_id`` (UUIDv7) and the write time.
     Without ``traceparent`` the active OpenTelemetry span's context is taken, if any.
     """
+    if now is None:
+        now_ns = time.time_ns()
+        created_at = now_ns / 1e9
+    else:
+        now_ns, created_at = round(now * 1e9), now
+    event_id = new_event_id(now_ns)
+    subject, payload, trace = _encode(
+        user_id,
+        product_id,
+        provider,
+        operation,
+        service_type,
+        input_tokens,
+        output_tokens,
+        input_units,
+        output_units,
+        metadata,
+        (organization_id, subscription_id, session_id, request_id, agent_id),
+        traceparent,
+        tracestate,
+        _LOOK_UP,
+        event_id,
+        iso_timestamp(now_ns),
+        max_payload_bytes,
+    )
+    return UsageEvent(
+        event_id=event_id, subject=subject, payload=payload, created_at=created_at, trace=trace
+    )
+
+
+def build_usage_events(
+    events: Iterable[Mapping[str, Any]], *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> list[EncodedEvent]:
+    """:func:`build_usage_event` for each mapping of keywords, validated exactly alike
+    (the first refused event raises; nothing is returned), as one batch written at one
+    instant: one ``timestamp``/``created_at`` for all, ids made in one go
+    (:func:`outbox.ids.new_event_ids`, distinct and in order), and the active span's trace
+    context read once (the same span is active for the whole call)."""
+    batch = events if isinstance(events, list) else list(events)
+    if not batch:
+        return []
+    now_ns = time.time_ns()
+    created_at = now_ns / 1e9
+    stamp = iso_timestamp(now_ns)
+    active: object = _LOOK_UP  # TraceContext | None once read
+    built: list[EncodedEvent] = []
+    append = built.append
+    for args, event_id in zip(batch, new_event_ids(now_ns, len(batch)), strict=True):
+        if type(args) is not dict or not _REQUIRED <= args.keys() <= _ARGUMENTS:
+            # Anything unusual (another Mapping, a missing or unknown keyword) goes the
+            # keyword way, so it fails (TypeError) or passes exactly as a single write.
+            one = build_usage_event(**args, max_payload_bytes=max_payload_bytes)
+            append((one.event_id, one.subject, one.payload, one.created_at, one.trace))
+            continue
+        get = args.get
+        traceparent, tracestate = get("traceparent"), get("tracestate")
+        if active is _LOOK_UP and traceparent is None and tracestate is None:
+            active = active_trace_context()
+        subject, payload, trace = _encode(
+            args["user_id"],
+            args["product_id"],
+            args["provider"],
+            args["operation"],
+            args["service_type"],
+            get("input_tokens"),
+            get("output_tokens"),
+            get("input_units"),
+            get("output_units"),
+            get("metadata"),
+            (
+                get("organization_id"),
+                get("subscription_id"),
+                get("session_id"),
+                get("request_id"),
+                get("agent_id"),
+            ),
+            traceparent,
+            tracestate,
+            active,
+            event_id,
+            stamp,
+            max_payload_bytes,
+        )
+        append((event_id, subject, payload, created_at, trace))
+    return built
+
+
+#: Stands for "the active span's context, not read yet" (None means: there is none).
+_LOOK_UP: Final = object()
+
+
+def _encode(
+    user_id: object,
+    product_id: object,
+    provider: object,
+    operation: object,
+    service_type: object,
+    input_tokens: object,
+    output_tokens: object,
+    input_units: object,
+    output_units: object,
+    metadata: object,
+    ids: tuple[object, ...],
+    traceparent: object,
+    tracestate: object,
+    active: object,  # TraceContext | None, or _LOOK_UP
+    event_id: str,
+    stamp: str,
+    max_payload_bytes: int,
+) -> tuple[str, bytes, TraceContext | None]:
+    """Validate one event's arguments, in the order that decides which field a refusal
+    names, and encode it: ``(subject, payload, trace)``. ``active`` is the active span's
+    trace context when the caller read it already (a batch reads it once), else
+    :data:`_LOOK_UP`."""
     user = _require_id("user_id", user_id)
     product = _require_id("product_id", product_id)
     provider_text = _require_text("provider", provider)
@@ -326,13 +457,16 @@ def build_usage_event(
     units_in = _unit_count("input_units", input_units)
     units_out = _unit_count("output_units", output_units)
     extra = _metadata(metadata)
-    ids = (organization_id, subscription_id, session_id, request_id, agent_id)
     top_ids = (
         _top_level_ids(extra, ids)
         if ids != _NO_IDS or (extra and not _ID_FIELD_SET.isdisjoint(extra))
         else ""
     )
-    trace = trace_context(traceparent, tracestate)
+    trace: TraceContext | None
+    if traceparent is not None or tracestate is not None or active is _LOOK_UP:
+        trace = trace_context(traceparent, tracestate)
+    else:
+        trace = active  # type: ignore[assignment]  # read for this call already
 
     usage_amount: int | float
     if tokens_in is not None or tokens_out is not None:
@@ -370,12 +504,6 @@ def build_usage_event(
         counts += f',"output_units":{float.__repr__(units_out)}'
     amount = int.__repr__(usage_amount) if unit_type == "token" else float.__repr__(usage_amount)
 
-    if now is None:
-        now_ns = time.time_ns()
-        created_at = now_ns / 1e9
-    else:
-        now_ns, created_at = round(now * 1e9), now
-    event_id = new_event_id(now_ns)
     try:
         extra_json = _json_encode(extra if type(extra) is dict else dict(extra)) if extra else ""
         payload = (
@@ -385,7 +513,7 @@ def build_usage_event(
             f'"usage_details":{{"provider":{_quote(provider_text)},"model":{_quote(product)},"operation":{_quote(operation_text)},'
             f'"service_type":{_quote(service)}{counts}'
             f"{',' + extra_json[1:-1] if len(extra_json) > 2 else ''}}},"
-            f'"timestamp":"{iso_timestamp(now_ns)}"}}'
+            f'"timestamp":"{stamp}"}}'
         ).encode()
     # The text fields were checked already, so an encoding failure is in metadata.
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
@@ -397,10 +525,4 @@ def build_usage_event(
             "payload",
             f"encoded event is {len(payload)} bytes, over the {max_payload_bytes}-byte limit",
         )
-    return UsageEvent(
-        event_id=event_id,
-        subject=f"{SUBJECT_PREFIX}.{token}",
-        payload=payload,
-        created_at=created_at,
-        trace=trace,
-    )
+    return f"{SUBJECT_PREFIX}.{token}", payload, trace

@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import migrate, store
-from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, UsageEvent, build_usage_event
+from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, build_usage_event, build_usage_events
 from outbox.drivers import async_url
 from outbox.errors import OutboxError, OutboxStoreError
 from outbox.sqlite import DEFAULT_BUSY_TIMEOUT_MS, create_outbox_engine, is_sqlite, sqlite_url
@@ -41,7 +41,7 @@ DEFAULT_PATH = "usage-outbox.db"
 #: Environment variable naming the outbox for :meth:`Outbox.from_env` (a URL or a path).
 URL_ENV = "USAGE_OUTBOX_URL"
 
-_Waiter = tuple[list[UsageEvent], "asyncio.Future[None]"]
+_Waiter = tuple[list[store.RowValues], "asyncio.Future[None]"]
 
 
 def resolve_url(url_or_path: str | Path) -> str:
@@ -220,15 +220,15 @@ class Outbox:
     async def record(self, **usage: Unpack[UsageArgs]) -> str:
         """Validate and durably record one event; returns its ``event_id`` once committed."""
         event = build_usage_event(**usage, max_payload_bytes=self.max_payload_bytes)
-        await self._commit([event])
+        await self._commit([store.event_values(event)])
         return event.event_id
 
     async def record_many(self, events: Iterable[Mapping[str, Any]]) -> list[str]:
         """Validate all, then commit all together; nothing is written if one is refused."""
-        built = [build_usage_event(**e, max_payload_bytes=self.max_payload_bytes) for e in events]
+        built = build_usage_events(events, max_payload_bytes=self.max_payload_bytes)
         if built:
-            await self._commit(built)
-        return [e.event_id for e in built]
+            await self._commit(store.batch_values(built))
+        return [event[0] for event in built]
 
     def _wrong_loop(self) -> OutboxError:
         return OutboxError(
@@ -236,7 +236,7 @@ class Outbox:
             "use one Outbox per event loop"
         )
 
-    async def _commit(self, events: list[UsageEvent]) -> None:
+    async def _commit(self, rows: list[store.RowValues]) -> None:
         writer = self._writer
         if writer is not None and writer.get_loop() is not _running_loop():
             # The writer task, its queue and the engine's connections belong to the loop
@@ -249,7 +249,7 @@ class Outbox:
         if self._writer is None:
             await self.open()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((events, done))
+        self._queue.put_nowait((rows, done))
         await done
 
     async def _write_loop(self) -> None:
@@ -267,7 +267,7 @@ class Outbox:
 
     async def _write_group(self, group: list[_Waiter]) -> None:
         assert self._transactions is not None
-        rows = store.event_rows(event for events, _ in group for event in events)
+        rows = [row for waiting, _ in group for row in waiting]
         error: OutboxError | None = None
         try:
             await self._transactions.write(_insert_sync, rows)

@@ -21,9 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from outbox.contract import UsageEvent, contract_headers
+from outbox.contract import EncodedEvent, UsageEvent, contract_headers
 from outbox.driver_sql import fetch_all
 from outbox.schema import DEAD, PENDING, SENT, lease_table, notes_table, outbox_table
+from outbox.tracing import TraceContext
 
 _t = outbox_table.c
 
@@ -45,12 +46,38 @@ def stored_headers(event_id: str) -> str:
     return f"{_HEADERS_HEAD}{event_id}{_HEADERS_TAIL}"
 
 
-def _headers_column(event: UsageEvent) -> str:
-    if event.trace is None:
-        return stored_headers(event.event_id)
+def _headers_column(event_id: str, trace: TraceContext | None) -> str:
+    if trace is None:
+        return stored_headers(event_id)
     # Encoded the ordinary way; the shipper parses these (its fast path, one string
     # comparison, is for the untraced text above).
-    return json.dumps(contract_headers(event.event_id, event.trace), separators=(",", ":"))
+    return json.dumps(contract_headers(event_id, trace), separators=(",", ":"))
+
+
+#: The columns the write API fills, in the order of the tuples below.
+ROW_COLUMNS = ("event_id", "subject", "headers", "payload", "created_at")
+#: One outbox row's values, in :data:`ROW_COLUMNS` order.
+RowValues = tuple[str, str, str, bytes, float]
+
+
+def event_values(event: UsageEvent) -> RowValues:
+    """The row of one validated event, for :data:`INSERT` with :data:`ROW_COLUMNS`."""
+    return (
+        event.event_id,
+        event.subject,
+        _headers_column(event.event_id, event.trace),
+        event.payload,
+        event.created_at,
+    )
+
+
+def batch_values(events: Iterable[EncodedEvent]) -> list[RowValues]:
+    """The rows of a batch (:func:`outbox.contract.build_usage_events`): plain tuples,
+    what a DBAPI ``executemany`` takes as they are."""
+    return [
+        (event_id, subject, _headers_column(event_id, trace), payload, created_at)
+        for event_id, subject, payload, created_at, trace in events
+    ]
 
 
 def event_rows(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
@@ -59,7 +86,7 @@ def event_rows(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
         {
             "event_id": e.event_id,
             "subject": e.subject,
-            "headers": _headers_column(e),
+            "headers": _headers_column(e.event_id, e.trace),
             "payload": e.payload,
             "created_at": e.created_at,
         }

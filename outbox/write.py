@@ -19,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from outbox import store
-from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, UsageEvent, build_usage_event
+from outbox.contract import DEFAULT_MAX_PAYLOAD_BYTES, build_usage_event, build_usage_events
 from outbox.driver_sql import driver_statement
 from outbox.errors import MissingOutboxTable
+from outbox.store import RowValues
 
 
 class UsageArgs(TypedDict):
@@ -56,28 +57,31 @@ def _sync_connection(target: Session | Connection) -> Connection:
     return target.connection() if isinstance(target, Session) else target
 
 
-Rows = dict[str, Any] | list[dict[str, Any]]
+Rows = RowValues | list[RowValues]
 
 
 def _insert_sync(target: Session | Connection, rows: Rows) -> None:
-    """Insert outbox rows at the DBAPI level: ``store.INSERT`` compiled once for the
-    connection's dialect, then ``cursor.execute``/``executemany`` through
-    ``exec_driver_sql``. Going through ``Connection.execute`` instead re-processes every
-    parameter of every row (about 2 us a row, a tenth of the batch form's budget). The
-    values need no conversion: text, bytes and floats are what every DBAPI takes."""
+    """Insert outbox rows (tuples in ``store.ROW_COLUMNS`` order) at the DBAPI level:
+    ``store.INSERT`` compiled once for the connection's dialect, then
+    ``cursor.execute``/``executemany`` through ``exec_driver_sql``, on the caller's
+    connection and so in the caller's transaction. Going through ``Connection.execute``
+    instead re-processes every parameter of every row (about 2 us a row, a tenth of the
+    batch form's budget). The values need no conversion: text, bytes and floats are what
+    every DBAPI takes."""
     connection = _sync_connection(target)
-    first = rows if isinstance(rows, dict) else rows[0]
-    sql, _, names = driver_statement(store.INSERT, connection.dialect, tuple(first))
+    sql, _, names = driver_statement(store.INSERT, connection.dialect, store.ROW_COLUMNS)
+    parameters: Any = rows
+    if names is None:  # a named paramstyle (psycopg's pyformat) takes dicts
+        parameters = (
+            dict(zip(store.ROW_COLUMNS, rows, strict=True))
+            if isinstance(rows, tuple)
+            else [dict(zip(store.ROW_COLUMNS, row, strict=True)) for row in rows]
+        )
+    elif names != store.ROW_COLUMNS:  # positional, another order (SQLite keeps ours)
+        order = itemgetter(*(store.ROW_COLUMNS.index(name) for name in names))
+        parameters = order(rows) if isinstance(rows, tuple) else list(map(order, rows))
     try:
-        if names is None:  # a named paramstyle takes the row dicts as they are
-            connection.exec_driver_sql(sql, rows)
-            return
-        # itemgetter of one name returns the bare value, not the 1-tuple a cursor needs
-        row_values = itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
-        if isinstance(rows, dict):
-            connection.exec_driver_sql(sql, row_values(rows))
-        else:
-            connection.exec_driver_sql(sql, list(map(row_values, rows)))
+        connection.exec_driver_sql(sql, parameters)
     except (OperationalError, ProgrammingError) as exc:
         # "no such table: usage_outbox" (SQLite), 'relation "usage_outbox" does not
         # exist' (PostgreSQL): say how the table comes to exist.
@@ -94,9 +98,12 @@ async def _insert(target: AsyncSession | AsyncConnection, rows: Rows) -> None:
     await target.run_sync(_insert_sync, rows)
 
 
-def _build_all(events: Iterable[Mapping[str, Any]], max_payload_bytes: int) -> list[UsageEvent]:
+def _build_all(
+    events: Iterable[Mapping[str, Any]], max_payload_bytes: int
+) -> tuple[list[str], list[RowValues]]:
     # All events are validated before any is written: one bad event refuses the batch.
-    return [build_usage_event(**args, max_payload_bytes=max_payload_bytes) for args in events]
+    built = build_usage_events(events, max_payload_bytes=max_payload_bytes)
+    return [event[0] for event in built], store.batch_values(built)
 
 
 async def record_usage(
@@ -107,7 +114,7 @@ async def record_usage(
 ) -> str:
     """Validate one usage event and add it to the caller's transaction; return its id."""
     event = build_usage_event(**usage, max_payload_bytes=max_payload_bytes)
-    await _insert(session_or_connection, store.event_rows([event])[0])
+    await _insert(session_or_connection, store.event_values(event))
     return event.event_id
 
 
@@ -119,7 +126,7 @@ def record_usage_sync(
 ) -> str:
     """The same as :func:`record_usage` for a sync ``Session`` or ``Connection``."""
     event = build_usage_event(**usage, max_payload_bytes=max_payload_bytes)
-    _insert_sync(session_or_connection, store.event_rows([event])[0])
+    _insert_sync(session_or_connection, store.event_values(event))
     return event.event_id
 
 
@@ -129,11 +136,13 @@ async def record_usages(
     *,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> list[str]:
-    """Batch form: validate every event, then insert them all in one statement."""
-    built = _build_all(events, max_payload_bytes)
-    if built:
-        await _insert(session_or_connection, store.event_rows(built))
-    return [e.event_id for e in built]
+    """Batch form: validate every event, then insert them all in one ``executemany``.
+    The events of one call are one write: they share its instant (``timestamp``) and
+    the active span's trace context, read once."""
+    ids, rows = _build_all(events, max_payload_bytes)
+    if rows:
+        await _insert(session_or_connection, rows)
+    return ids
 
 
 def record_usages_sync(
@@ -143,7 +152,7 @@ def record_usages_sync(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> list[str]:
     """Batch form of :func:`record_usage_sync`."""
-    built = _build_all(events, max_payload_bytes)
-    if built:
-        _insert_sync(session_or_connection, store.event_rows(built))
-    return [e.event_id for e in built]
+    ids, rows = _build_all(events, max_payload_bytes)
+    if rows:
+        _insert_sync(session_or_connection, rows)
+    return ids
