@@ -114,7 +114,7 @@ def _stats(latencies: list[float]) -> tuple[str, str, str, int]:
 
 
 async def main_async(
-    events: int, baseline_seconds: float, vacuum_pages: int, locked: bool = True
+    events: int, baseline_seconds: float, vacuum_pages: int | None, locked: bool = True
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-retention-") as tmp:
         work = Path(tmp)
@@ -173,7 +173,8 @@ async def main_async(
     print(f"after shrink (db+wal)      {after / mib:8.1f} MiB  (free pages left {free_left})")
     print(f"drain took                 {shrink_from - drain_from:8.1f} s")
     print(f"shrink took                {shrink_to - shrink_from:8.1f} s")
-    print(f"pages vacuumed             {shipper.stats.vacuumed_pages:,} ({vacuum_pages} per step)")
+    step = config.vacuum_step
+    print(f"pages vacuumed             {shipper.stats.vacuumed_pages:,} ({step} per step)")
     print()
     print(
         f"{'writer phase':26} {'commits':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
@@ -217,7 +218,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100,000 events")
     parser.add_argument("--baseline-seconds", type=float, default=5.0)
     parser.add_argument(
-        "--vacuum-pages", type=int, default=ShipperConfig.vacuum_pages, help="pages per step"
+        "--vacuum-pages", type=int, default=None, help="pages per step (default: the shipper's)"
     )
     parser.add_argument(
         "--no-lock",

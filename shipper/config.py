@@ -22,6 +22,9 @@ from outbox.stream_spec import DEFAULT_STREAM, DEFAULT_STREAM_MAX_AGE
 from usage_runtime.redact import redact_url
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+#: Free pages given back per transaction by a run until SIGTERM (``vacuum_pages`` unset):
+#: about 0.5 ms of the write lock each (docs/retention.md).
+DEFAULT_VACUUM_PAGES = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +79,11 @@ class ShipperConfig:
     # retention: acknowledged rows kept this long as "sent" (0 = deleted at once)
     keep_sent_hours: float = 0.0
     cleanup_batch: int = 500  # sent rows deleted per transaction
-    vacuum_pages: int = 64  # pages given back per transaction (0 = never shrink the file)
+    # pages given back per transaction (0 = never shrink the file); None (not given): a run
+    # until SIGTERM shrinks in DEFAULT_VACUUM_PAGES steps while idle, a burst run
+    # (exit_when_idle) not at all: its exit would wait for the whole shrink (see
+    # vacuum_step)
+    vacuum_pages: int | None = None
     vacuum_min_free_pages: int = 1024  # start shrinking once this many pages are free
     log_format: str = "text"
     log_level: str = "INFO"
@@ -154,7 +161,7 @@ class ShipperConfig:
                     f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}"
                 )
         for name in ("keep_sent_hours", "vacuum_pages", "vacuum_min_free_pages"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must not be negative")
         if self.cleanup_batch <= 0:
             raise ConfigError(f"cleanup batch must be positive, got {self.cleanup_batch}")
@@ -184,6 +191,18 @@ class ShipperConfig:
         if self.lease_ttl <= self.backoff_cap:
             raise ConfigError("lease ttl must be longer than the backoff cap")
         return self
+
+    @property
+    def vacuum_step(self) -> int:
+        """Free pages given back per transaction; 0: the file is not shrunk by this run.
+
+        Given (flag or environment), it is what was given. Not given, a burst run does not
+        shrink the file: the shrink of a drained backlog costs about as long as the drain
+        (bench/burst.py), and its free pages are reused by the next events anyway. A run
+        until SIGTERM does it while idle, in small steps."""
+        if self.vacuum_pages is not None:
+            return self.vacuum_pages
+        return 0 if self.exit_when_idle else DEFAULT_VACUUM_PAGES
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())

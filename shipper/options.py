@@ -240,7 +240,7 @@ OPTIONS: tuple[Option, ...] = (
         "SHIPPER_VACUUM_PAGES",
         "free pages given back per transaction when the file shrinks",
         parse=whole_number,
-        default="64; 0 = off",
+        default="64 while idle, 0 = off with --exit-when-idle, whose exit would wait for it",
     ),
     Option(
         "--vacuum-min-free-pages",

@@ -44,7 +44,7 @@ class Tidier:
 
     async def step(self, *, force: bool = False) -> bool:
         """Delete up to ``cleanup_batch`` expired ``sent`` rows, else give back up to
-        ``vacuum_pages`` free pages. After the file has shrunk, checkpoint the WAL so
+        ``vacuum_step`` free pages. After the file has shrunk, checkpoint the WAL so
         the -wal file shrinks too. Returns True when more work is left (the caller
         pauses for ``TIDY_PAUSE`` and comes back).
 
@@ -65,7 +65,7 @@ class Tidier:
     async def _step(self) -> bool:
         if await self._delete_expired():
             return True
-        if self.config.vacuum_pages <= 0 or not await self._can_shrink():
+        if self.config.vacuum_step <= 0 or not await self._can_shrink():
             return False
         return await self._vacuum()
 
@@ -100,8 +100,8 @@ class Tidier:
         free = await self.db.read(store.freelist_pages)
         threshold = config.vacuum_min_free_pages if not self._shrinking else 0
         if free > threshold:
-            await self.db.write(store.incremental_vacuum, config.vacuum_pages)
-            self.stats.vacuumed_pages += min(free, config.vacuum_pages)
+            await self.db.write(store.incremental_vacuum, config.vacuum_step)
+            self.stats.vacuumed_pages += min(free, config.vacuum_step)
             self._shrinking = True
             return True
         if self._shrinking:

@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from outbox import store
+from shipper.cli import _parser, build_config
+from shipper.config import DEFAULT_VACUUM_PAGES
 from tests.fixtures.shipper import (
     ShipperRunner,
     execute,
@@ -20,6 +22,7 @@ from tests.fixtures.shipper import (
     run_cli,
     shipper_config,
     shipper_env,
+    wait_until,
     write_events,
 )
 from usage_demo.natsserver import NatsServer
@@ -157,7 +160,10 @@ async def test_the_file_shrinks_back_after_a_large_backlog_drains(
     assert full > 20 * empty
 
     stats = await run_shipper.run(
-        shipper_config(outbox_path, nats_server.url, batch_size=1000, max_in_flight=4000),
+        # A burst run shrinks the file only when asked to (see the tests below).
+        shipper_config(
+            outbox_path, nats_server.url, batch_size=1000, max_in_flight=4000, vacuum_pages=64
+        ),
         within=120,
     )
     assert stats.published == 100_000
@@ -166,3 +172,44 @@ async def test_the_file_shrinks_back_after_a_large_backlog_drains(
     assert after < 2 * empty + 256 * 4096, (empty, full, after)
     assert _main_size(outbox_path) < full / 20
     assert outbox_counts(outbox_path) == {"pending": 0, "dead": 0}
+
+
+def _free_pages(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+async def test_a_burst_run_does_not_shrink_the_file_unless_asked(
+    outbox_path: Path, nats_server: NatsServer, run_shipper: ShipperRunner
+) -> None:
+    # The shrink of a drained backlog costs about as long as the drain; a burst run's exit
+    # would wait for it. Not given, a burst run leaves the free pages (the next events
+    # reuse them); a run until SIGTERM gives them back while idle.
+    config = shipper_config(outbox_path, nats_server.url, batch_size=1000, max_in_flight=4000)
+    assert config.vacuum_pages is None and config.vacuum_step == 0
+    await write_events(outbox_path, 20_000, chunk=5000)
+    stats = await run_shipper.run(config, within=60)
+    assert stats.published == 20_000
+    assert stats.vacuumed_pages == 0
+    free = _free_pages(outbox_path)
+    assert free > config.vacuum_min_free_pages, "the drained backlog's pages are still free"
+
+    # The same file, a run until SIGTERM with no vacuum setting: it shrinks while idle.
+    daemon = shipper_config(outbox_path, nats_server.url, exit_when_idle=False)
+    assert daemon.vacuum_step == 64
+    shipper, _task = run_shipper.start(daemon)
+    await wait_until(
+        lambda: _free_pages(outbox_path) == 0, within=60, message="the idle shipper shrinks"
+    )
+    assert shipper.stats.vacuumed_pages >= free - 64
+
+
+def test_the_vacuum_default_depends_on_the_run_mode() -> None:
+    def step(argv: list[str], env: dict[str, str] | None = None) -> int:
+        return build_config(_parser().parse_args(["run", *argv]), env or {}).vacuum_step
+
+    assert step([]) == DEFAULT_VACUUM_PAGES == 64
+    assert step(["--exit-when-idle"]) == 0
+    assert step(["--exit-when-idle", "--vacuum-pages", "32"]) == 32
+    assert step(["--exit-when-idle"], {"SHIPPER_VACUUM_PAGES": "8"}) == 8
+    assert step(["--vacuum-pages", "0"]) == 0
