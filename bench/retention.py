@@ -189,6 +189,13 @@ async def main_async(
         p50, p99, top, count = _stats(rows)
         slow = sum(1 for latency in rows if latency > 0.010)
         print(f"{name:26} {count:>8} {p50:>8} {p99:>8} {top:>8} {slow:>7}")
+    slowest = sorted(
+        ((lat, at) for at, lat in samples if drain_from <= at < shrink_to), reverse=True
+    )[:5]
+    print(
+        "slowest commits (ms at s after the shipper started): "
+        + ", ".join(f"{lat * 1000:.1f} at {at - drain_from:.2f}" for lat, at in slowest)
+    )
     print()
     print(f"writer {'with' if locked else 'WITHOUT'} the outbox write lock (outbox.writelock)")
     baseline = sorted(phases["baseline (no shipper)"])

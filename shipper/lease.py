@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox import store
+from outbox.transactions import Transactions
 from usage_runtime.signals import sleep_unless_stopped
 
 logger = logging.getLogger("shipper")
@@ -52,11 +53,21 @@ def holder_is_gone(owner: str) -> bool:
 
 
 class Lease:
-    def __init__(self, engine: AsyncEngine, *, owner: str, ttl: float, stop: asyncio.Event) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        owner: str,
+        ttl: float,
+        stop: asyncio.Event,
+        db: Transactions | None = None,
+    ) -> None:
         self.engine = engine
         self.owner = owner
         self.ttl = ttl
         self._stop = stop
+        # Renewals go through the shipper's short transactions when given (see _renew).
+        self._db = db
 
     async def acquire(self) -> bool:
         """Wait until this shipper holds the lease (True) or a stop is asked for (False).
@@ -132,10 +143,7 @@ class Lease:
         while not self._stop.is_set():
             await sleep_unless_stopped(self._stop, self.ttl / 3)
             try:
-                async with self.engine.begin() as conn:
-                    held = await store.take_lease(
-                        conn, name=LEASE_NAME, owner=self.owner, now=time.time(), ttl=self.ttl
-                    )
+                held = await self._renew()
             except SQLAlchemyError as exc:
                 logger.warning(
                     "could not renew the lease: %s", exc, extra={"action": "lease_renew_failed"}
@@ -147,6 +155,21 @@ class Lease:
                     extra={"action": "lease_lost"},
                 )
                 on_lost()
+
+    async def _renew(self) -> bool:
+        """One renewal. Through ``db`` it runs whole in one thread behind the outbox's
+        write lock file, as every other shipper write does, so a writer waits for it in
+        the kernel for its one statement; through the engine (aiosqlite) SQLite's lock
+        would stay held across event-loop turns (a burst of PubAcks) while writers sleep
+        in the busy handler."""
+        if self._db is not None:
+            return await self._db.write(
+                store.renew_lease, name=LEASE_NAME, owner=self.owner, now=time.time(), ttl=self.ttl
+            )
+        async with self.engine.begin() as conn:
+            return await store.take_lease(
+                conn, name=LEASE_NAME, owner=self.owner, now=time.time(), ttl=self.ttl
+            )
 
     async def release(self) -> None:
         """Drop the lease as the run ends, first counting an attempt on rows still

@@ -57,8 +57,9 @@ NOTE_TIMEOUT = 2.0
 #: writer committing beside a 100,000-row drain the WAL peaked at 89 MiB with 4, 20 with 1.
 CHECKPOINT_EVERY = 1
 #: Acknowledged rows settled per write transaction at most: measured on the 2-core box,
-#: deleting 1,000 rows held the write lock 8-30 ms; 250 keep it to a few ms.
-SETTLE_CHUNK = 250
+#: deleting 1,000 rows held the write lock 8-30 ms; 250 held it p99 18-52 ms under load
+#: and 100 p99 9 ms, max 20 ms (bench.retention, docs/retention.md).
+SETTLE_CHUNK = 100
 
 
 class Shipper:
@@ -582,7 +583,11 @@ class Shipper:
             # holds it (SQLite's automatic checkpoint would make writers wait for it).
             self._db = Transactions(self.engine, checkpoint_every=CHECKPOINT_EVERY)
             self._lease = Lease(
-                self.engine, owner=self.owner, ttl=self.config.lease_ttl, stop=self._stop
+                self.engine,
+                owner=self.owner,
+                ttl=self.config.lease_ttl,
+                stop=self._stop,
+                db=self._db,
             )
             self._tidier = Tidier(self.config, self.engine, self._db, self.stats)
         announced = False
