@@ -61,6 +61,7 @@ def _writer(path: str, stop: Any, out: Any, locked: bool) -> None:
     conn.execute("PRAGMA wal_autocheckpoint = 0")
     lock = WriteLock(path) if locked else None
     samples: list[tuple[float, float]] = []
+    parts: list[tuple[float, float, float]] = []
     columns = ("event_id", "subject", "headers", "payload", "created_at")
     sql = f"INSERT INTO usage_outbox ({', '.join(columns)}) VALUES (?, ?, ?, ?, ?)"
     i = 0
@@ -69,15 +70,20 @@ def _writer(path: str, stop: Any, out: Any, locked: bool) -> None:
         (row,) = store.event_rows([build_usage_event(**usage_args(i))])  # type: ignore[arg-type]
         started = time.monotonic()
         with lock.held() if lock is not None else contextlib.nullcontext():
+            locked_at = time.monotonic()
             conn.execute("BEGIN IMMEDIATE")
+            began_at = time.monotonic()
             conn.execute(sql, [row[c] for c in columns])
             conn.execute("COMMIT")
-        samples.append((started, time.monotonic() - started))
+        done = time.monotonic()
+        samples.append((started, done - started))
+        # Where a slow commit's time went: the lock file, SQLite's lock, the commit.
+        parts.append((locked_at - started, began_at - locked_at, done - began_at))
         i += 1
         next_at += WRITE_EVERY
         time.sleep(max(0.0, next_at - time.monotonic()))
     conn.close()
-    out.send(samples)
+    out.send((samples, parts))
 
 
 def _freelist(path: Path) -> int:
@@ -156,7 +162,7 @@ async def main_async(
             shipper.stop()
             await task
             stop.set()
-            samples: list[tuple[float, float]] = receive.recv()
+            samples, parts = receive.recv()
             writer.join()
         finally:
             server.stop()
@@ -190,12 +196,19 @@ async def main_async(
         slow = sum(1 for latency in rows if latency > 0.010)
         print(f"{name:26} {count:>8} {p50:>8} {p99:>8} {top:>8} {slow:>7}")
     slowest = sorted(
-        ((lat, at) for at, lat in samples if drain_from <= at < shrink_to), reverse=True
+        (
+            (lat, at, part)
+            for (at, lat), part in zip(samples, parts, strict=True)
+            if drain_from <= at < shrink_to
+        ),
+        reverse=True,
     )[:5]
-    print(
-        "slowest commits (ms at s after the shipper started): "
-        + ", ".join(f"{lat * 1000:.1f} at {at - drain_from:.2f}" for lat, at in slowest)
-    )
+    print("slowest commits after the shipper started (ms: lock file + SQLite lock + commit):")
+    for lat, at, (file_lock, sqlite_lock, commit) in slowest:
+        print(
+            f"  {lat * 1000:7.1f} at {at - drain_from:6.2f} s: {file_lock * 1000:.1f} + "
+            f"{sqlite_lock * 1000:.1f} + {commit * 1000:.1f}"
+        )
     print()
     print(f"writer {'with' if locked else 'WITHOUT'} the outbox write lock (outbox.writelock)")
     baseline = sorted(phases["baseline (no shipper)"])
