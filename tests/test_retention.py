@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from outbox import store
-from shipper.cli import _parser, build_config
+from shipper.cli import _parser
 from shipper.config import DEFAULT_VACUUM_PAGES
+from shipper.options import build_config
 from tests.fixtures.shipper import (
     ShipperRunner,
     execute,
