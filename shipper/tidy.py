@@ -13,7 +13,7 @@ import time
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox import store
+from outbox import filespace, store
 from outbox.transactions import Transactions
 from shipper.config import ShipperConfig
 from shipper.stats import ShipperStats
@@ -83,7 +83,7 @@ class Tidier:
     async def _can_shrink(self) -> bool:
         if self._auto_vacuum is None:
             async with self.engine.connect() as conn:
-                self._auto_vacuum = await store.auto_vacuum_mode(conn) == 2
+                self._auto_vacuum = await filespace.auto_vacuum_mode(conn) == 2
                 await conn.rollback()
             if not self._auto_vacuum and self.engine.dialect.name == "sqlite":
                 logger.info(
@@ -97,10 +97,10 @@ class Tidier:
         config = self.config
         # Look first with a read (no write lock), and take the write lock only to give
         # pages back.
-        free = await self.db.read(store.freelist_pages)
+        free = await self.db.read(filespace.freelist_pages)
         threshold = config.vacuum_min_free_pages if not self._shrinking else 0
         if free > threshold:
-            await self.db.write(store.incremental_vacuum, config.vacuum_step)
+            await self.db.write(filespace.incremental_vacuum, config.vacuum_step)
             self.stats.vacuumed_pages += min(free, config.vacuum_step)
             self._shrinking = True
             return True
@@ -113,6 +113,6 @@ class Tidier:
         """PASSIVE (waits for nobody); then, if it copied every frame, TRUNCATE, which has
         nothing left to copy and only resets the -wal file."""
         async with self.engine.connect() as conn:
-            passive = await store.checkpoint(conn, "PASSIVE")
+            passive = await filespace.checkpoint(conn, "PASSIVE")
             if passive is not None and passive[0] == 0 and passive[1] == passive[2]:
-                await store.checkpoint(conn, "TRUNCATE")
+                await filespace.checkpoint(conn, "TRUNCATE")
