@@ -23,7 +23,8 @@ from billing.decode import decode_usage_event
 from billing.errors import BillingConfigError
 from billing.store import Delivery, Rejection, Usage, apply_batch
 from outbox.stream_spec import DEFAULT_STREAM
-from tests.fixtures.billing import publish, usage_event, wait_until
+from tests.fixtures.billing import publish, usage_event
+from usage_demo.waiting import wait_until
 
 
 def _run_cli(
@@ -217,7 +218,7 @@ async def test_run_consumes_until_sigterm_then_exits_cleanly(
             except Exception:
                 return False
 
-        await wait_until(durable_exists, what="the consumer set up the stream and durable")
+        await wait_until(durable_exists, message="the consumer set up the stream and durable")
         events = [usage_event(f"user-{i % 3}", "gpt-4", input_tokens=i + 1) for i in range(25)]
         for event in events:
             await publish(jetstream, event)
@@ -226,7 +227,7 @@ async def test_run_consumes_until_sigterm_then_exits_cleanly(
             async with BillingDatabase(f"sqlite+aiosqlite:///{db}", run_migrations=False) as b:
                 return len(await b.event_states()) == len(events)
 
-        await wait_until(all_recorded, what="every event recorded")
+        await wait_until(all_recorded, message="every event recorded")
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 15)
     finally:

@@ -32,15 +32,9 @@ from billing.schema import billing_records, rejected_events, wallet_transactions
 from billing.store import Outcome
 from outbox.contract import UsageEvent
 from outbox.stream_spec import DEFAULT_STREAM
-from tests.fixtures.billing import (
-    ConfigFactory,
-    ConsumerFactory,
-    publish,
-    publish_raw,
-    usage_event,
-    wait_until,
-)
+from tests.fixtures.billing import ConfigFactory, ConsumerFactory, publish, publish_raw, usage_event
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 PRICE = Decimal("0.00003")  # per token: every charge below is exact at 9 places
 USERS = ("alice", "bob", "carol", "dave")
@@ -153,7 +147,7 @@ async def _each_event_twice_and_redelivered(
     try:
         # 80 stored messages, each delivered twice.
         await wait_until(
-            lambda: consumer.stats.received >= 160, what=f"160 deliveries: {consumer!r}"
+            lambda: consumer.stats.received >= 160, message=f"160 deliveries: {consumer!r}"
         )
     finally:
         stop.set()
@@ -441,7 +435,7 @@ async def test_without_stream_creation_the_consumer_waits_for_the_stream(
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
-        await wait_until(lambda: consumer.state == "waiting_for_stream", what="waiting")
+        await wait_until(lambda: consumer.state == "waiting_for_stream", message="waiting")
         assert not consumer.started
         with pytest.raises(NotFoundError):
             await jetstream.stream_info(DEFAULT_STREAM)  # it did not create one
@@ -451,7 +445,7 @@ async def test_without_stream_creation_the_consumer_waits_for_the_stream(
         )
         event = usage_event()
         await publish(jetstream, event)
-        await wait_until(lambda: consumer.stats.unpriced == 1, what="the event recorded")
+        await wait_until(lambda: consumer.stats.unpriced == 1, message="the event recorded")
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
@@ -471,10 +465,10 @@ async def test_a_broker_restart_mid_stream_loses_and_doubles_nothing(
     task = asyncio.create_task(consumer.run(stop))
     events = _events(20)
     try:
-        await wait_until(lambda: consumer.started, what="consumer started")
+        await wait_until(lambda: consumer.started, message="consumer started")
         for event in events[:10]:
             await publish(jetstream, event)
-        await wait_until(lambda: consumer.stats.billed == 10, what="first half billed")
+        await wait_until(lambda: consumer.stats.billed == 10, message="first half billed")
         nats_server.kill()  # SIGKILL: no clean shutdown
         nats_server.start()
         # The test's own client reconnects too; publish the second half once it can.
@@ -486,7 +480,7 @@ async def test_a_broker_restart_mid_stream_loses_and_doubles_nothing(
                         break
                     except Exception:
                         await asyncio.sleep(0.1)
-        await wait_until(lambda: consumer.stats.billed == 20, what=f"all billed: {consumer!r}")
+        await wait_until(lambda: consumer.stats.billed == 20, message=f"all billed: {consumer!r}")
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
@@ -519,7 +513,7 @@ async def test_stopped_while_waiting_for_the_stream_run_returns_cleanly(
     consumer = make_consumer(billing_config(create_stream=False))
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
-    await wait_until(lambda: consumer.state == "waiting_for_stream", what="waiting")
+    await wait_until(lambda: consumer.state == "waiting_for_stream", message="waiting")
     stop.set()
     stats = await asyncio.wait_for(task, 5)
     assert stats.received == 0
@@ -540,10 +534,10 @@ async def test_the_consumer_can_start_before_nats_and_connects_when_it_comes_up(
     task = asyncio.create_task(consumer.run(stop))
     server = NatsServer(tmp_path / "late-nats", port=port, binary=nats_server_binary)
     try:
-        await wait_until(lambda: consumer.state == "connecting", what="connecting")
+        await wait_until(lambda: consumer.state == "connecting", message="connecting")
         assert not task.done(), "an unreachable NATS is waited for, not fatal"
         await asyncio.to_thread(server.start)
-        await wait_until(lambda: consumer.state == "consuming", what=f"consuming: {consumer!r}")
+        await wait_until(lambda: consumer.state == "consuming", message=f"consuming: {consumer!r}")
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

@@ -30,7 +30,8 @@ from billing.engines import create_billing_engine
 from billing.errors import InvalidPayload
 from billing.schema import billing_records, rejected_events
 from billing.store import Outcome
-from tests.fixtures.billing import ConfigFactory, ConsumerFactory, wait_until
+from tests.fixtures.billing import ConfigFactory, ConsumerFactory
+from usage_demo.waiting import wait_until
 
 STORED = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
@@ -181,7 +182,9 @@ async def test_platform_events_are_billed_per_unit_and_never_merged_by_their_def
     for subject, document in events:
         await _publish_core(nats_client, subject, document)
     await nats_client.flush()
-    await wait_until(lambda: _stored(jetstream, config.stream, len(events)), what="all five stored")
+    await wait_until(
+        lambda: _stored(jetstream, config.stream, len(events)), message="all five stored"
+    )
 
     async def nak_first_delivery(messages: Sequence[Msg], outcomes: Sequence[Outcome]) -> None:
         # Committed, not acknowledged: each recorded one comes back once more.

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.shipper import REPO, wait_until_sync
+from tests.fixtures.shipper import REPO
+from usage_demo.waiting import wait_until_sync
 
 
 def _migrated(path: Path) -> bool:

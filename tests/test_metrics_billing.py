@@ -19,9 +19,10 @@ from billing import jetstream as billing_js
 from billing.config import BillingConfig
 from billing.consumer import BillingConsumer
 from billing.database import BillingDatabase
-from tests.fixtures.billing import ConfigFactory, publish, publish_raw, usage_event, wait_until
+from tests.fixtures.billing import ConfigFactory, publish, publish_raw, usage_event
 from tests.metrics_http import Scrape, http_get, json_log_lines, ready, scrape
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 EVENTS = "usage_billing_events_total"
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ async def _wait_scrape(url: str, condition: Callable[[Scrape], bool], what: str)
         return condition(seen[-1])
 
     try:
-        await wait_until(check, interval=0.1, what=what)
+        await wait_until(check, interval=0.1, message=what)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last scrape:\n{seen[-1].text if seen else '-'}") from None
     return seen[-1]
@@ -64,10 +65,10 @@ async def test_billed_counts_lag_and_readiness_follow_the_consumer(
     try:
         server = consumer.metrics.server
         assert server is not None
-        await wait_until(lambda: server.port != 0, what="the metrics server is listening")
+        await wait_until(lambda: server.port != 0, message="the metrics server is listening")
         url = server.url
         assert await http_get(url, "/healthz") == (200, "ok\n")
-        await wait_until(lambda: _ready_is(url, 200), what="ready once consuming")
+        await wait_until(lambda: _ready_is(url, 200), message="ready once consuming")
 
         events = [usage_event(f"user-{i % 3}", "gpt-4", input_tokens=i + 1) for i in range(40)]
         for event in events:
@@ -98,12 +99,12 @@ async def test_billed_counts_lag_and_readiness_follow_the_consumer(
 
         # NATS goes away: alive, not ready; back: ready again, and billing resumes.
         nats_server.stop()
-        await wait_until(lambda: _ready_is(url, 503), what="/readyz 503 while NATS is down")
+        await wait_until(lambda: _ready_is(url, 503), message="/readyz 503 while NATS is down")
         status, body = await ready(url)
         assert status == 503 and "NATS" in body, body
         assert (await http_get(url, "/healthz"))[0] == 200
         nats_server.start()
-        await wait_until(lambda: _ready_is(url, 200), what="/readyz 200 once NATS is back")
+        await wait_until(lambda: _ready_is(url, 200), message="/readyz 200 once NATS is back")
         await publish(jetstream, usage_event("late", "gpt-4"))
         back = await _wait_scrape(
             url, lambda s: s.value(EVENTS, outcome="billed") == 41, "the event after the outage"
@@ -160,7 +161,7 @@ async def test_cli_serves_metrics_and_logs_json_lines_without_secrets(
             return None
 
         await wait_until(
-            lambda: serving_port() is not None, within=20, what="the metrics_serving log line"
+            lambda: serving_port() is not None, within=20, message="the metrics_serving log line"
         )
         url = f"http://127.0.0.1:{serving_port()}"
         last = await _wait_scrape(

@@ -24,11 +24,11 @@ from tests.fixtures.shipper import (
     shipper_config,
     shipper_env,
     usage_args,
-    wait_until,
     write_events,
 )
 from tests.metrics_http import Scrape, http_get, json_log_lines, ready, scrape
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 from usage_runtime.health import HealthServer
 
 NEW = {"outcome": "new"}

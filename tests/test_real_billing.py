@@ -31,11 +31,11 @@ from tests.fixtures.shipper import (
     shipper_config,
     shipper_env,
     usage_args,
-    wait_until,
 )
 from tests.isa_billing import IsaLikeBilling
 from tests.metrics_http import scrape
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 EVENTS = 20
 

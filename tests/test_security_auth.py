@@ -44,10 +44,10 @@ from tests.fixtures.shipper import (
     run_cli,
     shipper_config,
     shipper_env,
-    wait_until,
     write_events,
 )
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 from usage_runtime.nats import NatsRefused, auth_options, open_connection
 
 EVENTS = 40

@@ -28,14 +28,9 @@ from billing.config import BillingConfig
 from billing.consumer import BillingConsumer
 from outbox.stream_spec import DEFAULT_STREAM
 from tests.certs import nats_conf, permissions
-from tests.fixtures.shipper import (
-    ShipperRunner,
-    outbox_counts,
-    shipper_config,
-    wait_until,
-    write_events,
-)
+from tests.fixtures.shipper import ShipperRunner, outbox_counts, shipper_config, write_events
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 EVENTS = 30
 STREAM = DEFAULT_STREAM

@@ -41,11 +41,11 @@ from tests.fixtures.shipper import (
     outbox_counts,
     run_cli,
     shipper_env,
-    wait_until,
     write_events,
 )
 from tests.metrics_http import http_get
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 EVENTS = 20
 

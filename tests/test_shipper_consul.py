@@ -16,10 +16,10 @@ from tests.fixtures.shipper import (
     pending,
     read_stream,
     shipper_config,
-    wait_until,
     write_events,
 )
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 
 @pytest.fixture

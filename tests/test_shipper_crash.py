@@ -32,10 +32,10 @@ from tests.fixtures.shipper import (
     shipper_config,
     shipper_env,
     stream_count,
-    wait_until,
     write_events,
 )
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 
 async def test_recover_in_flight_counts_one_attempt_on_the_dead_shippers_rows(

@@ -15,10 +15,10 @@ from tests.fixtures.shipper import (
     pending,
     read_stream,
     shipper_config,
-    wait_until,
     write_events,
 )
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 
 async def test_every_event_arrives_once_with_subject_headers_and_payload(

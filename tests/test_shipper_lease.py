@@ -26,10 +26,10 @@ from tests.fixtures.shipper import (
     read_stream,
     shipper_config,
     shipper_env,
-    wait_until,
     write_events,
 )
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 TTL = 2.0
 

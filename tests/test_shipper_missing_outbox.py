@@ -14,11 +14,11 @@ from tests.fixtures.shipper import (
     pending,
     run_cli,
     shipper_env,
-    wait_until,
     write_events,
 )
 from tests.metrics_http import ready, served_url
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 
 async def test_no_database_configured_waits_for_the_file_and_says_where(

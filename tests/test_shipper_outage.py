@@ -23,10 +23,10 @@ from tests.fixtures.shipper import (
     shipper_config,
     stream_count,
     usage_args,
-    wait_until,
     write_events,
 )
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 
 def _actions(caplog: pytest.LogCaptureFixture, action: str) -> list[logging.LogRecord]:

@@ -9,14 +9,9 @@ from pathlib import Path
 
 import nats
 
-from tests.fixtures.shipper import (
-    CliProcesses,
-    run_cli,
-    shipper_env,
-    wait_until,
-    write_events,
-)
+from tests.fixtures.shipper import CliProcesses, run_cli, shipper_env, write_events
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 
 async def _ship(path: Path, count: int, url: str) -> list[str]:

@@ -24,10 +24,10 @@ from tests.fixtures.shipper import (
     pending,
     run_cli,
     shipper_env,
-    wait_until,
     write_events,
 )
 from tests.metrics_http import ready, served_url
+from usage_demo.waiting import wait_until
 
 
 @pytest.fixture

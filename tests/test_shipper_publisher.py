@@ -18,10 +18,10 @@ from tests.fixtures.shipper import (
     outbox_rows,
     read_stream,
     shipper_config,
-    wait_until,
     write_events,
 )
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 
 async def _ack(nc: NatsClient, subject: str, headers: dict[str, str], data: bytes = b"{}") -> Msg:

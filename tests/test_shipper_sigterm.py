@@ -23,10 +23,10 @@ from tests.fixtures.shipper import (
     shipper_config,
     shipper_env,
     stream_count,
-    wait_until,
     write_events,
 )
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 BACKLOG = 50_000
 SHUTDOWN_TIMEOUT = 5.0

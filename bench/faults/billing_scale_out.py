@@ -36,10 +36,10 @@ from bench.faults.harness import (
     check_writers,
     consumer_deliveries,
     timed,
-    wait_until,
 )
 from bench.faults.helpers import billing_counters
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until_sync
 
 
 async def _usage_stream(nats_url: str) -> tuple[str, int] | None:
@@ -145,7 +145,9 @@ def scenario_billing_scale_out(
             written = sum(r.written for r in results)
             ws.wait_settled(written, timeout=120)
             for proc in billing:  # the last restarts must come up and stop cleanly
-                wait_until(_consuming(proc), 30, what=f"{proc.name} consuming")
+                wait_until_sync(
+                    _consuming(proc), 30, message=f"{proc.name} consuming", interval=0.05
+                )
             settled = elapsed()
             found = asyncio.run(_usage_stream(nats_server.url))
             assert found is not None, "no stream was ever created"

@@ -22,7 +22,6 @@ The API, small on purpose::
 * :class:`Proc`: one child process; ``start``/``kill`` (SIGKILL, by pid)/``stop``
   (SIGTERM, then SIGKILL after a deadline)/``restart``; counts its starts and kills; its
   log is appended across restarts and :meth:`Proc.log_since_start` reads the current run.
-* :func:`wait_until`: poll a condition until a deadline; the only way tests wait.
 * :func:`crash_loop`: SIGKILL a process at random moments N times, restarting it each time.
 * Writers: ``python -m bench.faults.harness writer ...`` (:func:`writer_main`), through
   :class:`outbox.Outbox` (group commit) or :func:`outbox.record_usage` inside a session
@@ -58,6 +57,7 @@ from typing import Any, Self
 
 from bench.faults.audit import AuditReport, Written, WrittenLog, load_written, run_audit
 from outbox.stream_spec import DEFAULT_STREAM
+from usage_demo.waiting import wait_until_sync
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,27 +92,6 @@ BILLING_DEFAULTS: dict[str, object] = {
     "retry_delay": 0.2,
     "log_level": "INFO",
 }
-
-# -- waiting ------------------------------------------------------------------------------
-
-
-def wait_until(
-    predicate: Callable[[], object],
-    timeout: float,
-    *,
-    what: str = "",
-    interval: float = 0.05,
-    explain: Callable[[], str] | None = None,
-) -> None:
-    """Poll ``predicate`` until it is truthy; raise AssertionError after ``timeout`` s,
-    naming ``what`` and, if given, what ``explain()`` says about the state."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            detail = f" ({explain()})" if explain is not None else ""
-            raise AssertionError(f"not true within {timeout:.0f} s: {what or predicate}{detail}")
-        time.sleep(interval)
-
 
 # -- child processes ----------------------------------------------------------------------
 
@@ -249,10 +228,11 @@ def crash_loop(
         if rng.random() < early:
             time.sleep(rng.uniform(0.0, 1.0))
         else:
-            wait_until(
+            wait_until_sync(
                 lambda: ready() or not proc.running,
                 ready_timeout,
-                what=f"{proc.name} ready after restart {made}",
+                message=f"{proc.name} ready after restart {made}",
+                interval=0.05,
             )
             time.sleep(rng.uniform(*delay))
         if not proc.running:
@@ -263,8 +243,11 @@ def crash_loop(
         proc.start()
     # The last restart too must come up working (and a SIGTERM sent before it has its
     # signal handlers installed would end it with -15, not a clean stop).
-    wait_until(
-        lambda: ready() or not proc.running, ready_timeout, what=f"{proc.name} ready at the end"
+    wait_until_sync(
+        lambda: ready() or not proc.running,
+        ready_timeout,
+        message=f"{proc.name} ready at the end",
+        interval=0.05,
     )
     if not proc.running:
         raise AssertionError(f"{proc.name} exited on its own:\n{proc.log_since_start()[-3000:]}")
@@ -516,10 +499,10 @@ class Workspace:
 
     def wait_settled(self, expected: int, timeout: float) -> None:
         """Wait until the outbox is empty and billing recorded ``expected`` events."""
-        wait_until(
+        wait_until_sync(
             lambda: self.pending() == 0 and self.billed() >= expected,
             timeout,
-            what=f"outbox empty and {expected} events billed",
+            message=f"outbox empty and {expected} events billed",
             interval=0.2,
             explain=lambda: f"outbox rows {self.pending()}, billed {self.billed()}",
         )

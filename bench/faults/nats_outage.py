@@ -27,9 +27,9 @@ from bench.faults.harness import (
     count_lines,
     percentile,
     timed,
-    wait_until,
 )
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until_sync
 
 #: The issue's outage is 30 s; CI uses this and prints that it did.
 CI_OUTAGE_SECONDS = 8.0
@@ -79,7 +79,9 @@ def scenario_nats_outage(
             group = ws.writers(
                 writers, events=per_writer, rate=rate, api=["outbox", "session"], concurrency=4
             )
-            wait_until(lambda: ws.billed() > 0, 30, what="first events billed")
+            wait_until_sync(
+                lambda: ws.billed() > 0, 30, message="first events billed", interval=0.05
+            )
             # The fault schedule: a stretch of normal traffic, then the outage itself.
             measure_from = time.time()
             time.sleep(before)
@@ -170,7 +172,9 @@ def scenario_nats_freeze(
             gap = (0.5, 1.5)
             span = 3.0 + freezes * (freeze + gap[1]) + 1.0
             group = ws.writers(writers, events=int(rate * span), rate=rate)
-            wait_until(lambda: ws.billed() > 0, 30, what="first events billed")
+            wait_until_sync(
+                lambda: ws.billed() > 0, 30, message="first events billed", interval=0.05
+            )
             for _ in range(freezes):
                 time.sleep(rng.uniform(*gap))  # the fault schedule
                 nats.freeze()

@@ -29,19 +29,13 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from bench.faults.audit import WrittenLog
-from bench.faults.harness import (
-    ScenarioResult,
-    Workspace,
-    timed,
-    usage_call,
-    wait_until,
-    written_record,
-)
+from bench.faults.harness import ScenarioResult, Workspace, timed, usage_call, written_record
 from bench.faults.helpers import outbox_rows, outbox_sql, shipper_proc
 from outbox import Outbox
 from outbox.contract import build_usage_event
 from outbox.stream_spec import DEFAULT_STREAM
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until_sync
 
 pytestmark = pytest.mark.faults
 
@@ -157,11 +151,12 @@ def test_corrupted_rows_go_dead_with_their_reason_and_the_rest_ships(
 
         total = len(ws.written())
         ships = total - len(expected)
-        wait_until(
+        wait_until_sync(
             lambda: ws.billed() >= ships,
             60,
-            what=f"{ships} events billed",
+            message=f"{ships} events billed",
             explain=lambda: f"billed {ws.billed()}",
+            interval=0.05,
         )
         assert billing.stop() == 0, billing.log_text()[-3000:]
         report = ws.audit(url, expect_dead=set(expected))
@@ -274,14 +269,15 @@ def test_damage_inside_the_envelope_ships_and_billing_rejects_it_without_stoppin
         damaged[row["event_id"]] = bad
     shipper = shipper_proc(ws, url, exit_when_idle="true")
     assert shipper.wait(60) == 0, shipper.log_text()[-3000:]
-    wait_until(
+    wait_until_sync(
         lambda: ws.billed() >= 300 - len(damaged) and billing_rejections(ws) >= len(damaged),
         30,
-        what="everything billed or rejected",
+        message="everything billed or rejected",
         explain=lambda: (
             f"billed {ws.billed()}, rejected {billing_rejections(ws)}, "
             f"billing {'running' if billing.running else 'exited'}"
         ),
+        interval=0.05,
     )
     assert billing.running, billing.log_text()[-3000:]
     assert billing.stop() == 0

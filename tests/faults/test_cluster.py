@@ -23,13 +23,14 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 
-from bench.faults.harness import ScenarioResult, Workspace, count_lines, timed, wait_until
+from bench.faults.harness import ScenarioResult, Workspace, count_lines, timed
 from bench.faults.helpers import shipper_proc, stream_info, stream_messages
 from outbox.contract import build_usage_event
 from outbox.stream_spec import DEFAULT_STREAM
 from shipper.publisher import Message, Outcome, Publisher, classify
 from tests.consul_stub import ConsulStub
 from usage_demo.natsserver import NatsCluster
+from usage_demo.waiting import wait_until_sync
 
 pytestmark = pytest.mark.faults
 
@@ -64,11 +65,12 @@ def test_stream_leader_killed_mid_run_then_restarted(
         )
         writers = ws.writers(WRITERS, events=EVENTS_PER_WRITER, rate=RATE, concurrency=4)
 
-        wait_until(
+        wait_until_sync(
             lambda: stream_messages(urls) >= 1000,
             30,
-            what="the shipper ships through the cluster",
+            message="the shipper ships through the cluster",
             explain=lambda: shipper.log_since_start()[-2000:],
+            interval=0.05,
         )
         info = stream_info(urls)
         assert info is not None and info.cluster is not None and info.cluster.leader
@@ -84,17 +86,19 @@ def test_stream_leader_killed_mid_run_then_restarted(
             current = stream_info(survivors)
             return None if current is None or current.cluster is None else current.cluster.leader
 
-        wait_until(
+        wait_until_sync(
             lambda: new_leader() not in (None, cluster.names[leader]),
             30,
-            what="a new stream leader among the survivors",
+            message="a new stream leader among the survivors",
+            interval=0.05,
         )
         election = time.monotonic() - killed_at
-        wait_until(
+        wait_until_sync(
             lambda: stream_messages(survivors) >= at_kill + 500,
             30,
-            what="shipping goes on through the new leader",
+            message="shipping goes on through the new leader",
             explain=lambda: shipper.log_since_start()[-2000:],
+            interval=0.05,
         )
         resumed = stream_messages(survivors)
         cluster.restart(leader)
@@ -105,10 +109,11 @@ def test_stream_leader_killed_mid_run_then_restarted(
         assert written == WRITERS * EVENTS_PER_WRITER
         ws.wait_settled(written, 60)
         # The restarted node is a full replica again: it caught up with the stream.
-        wait_until(
+        wait_until_sync(
             lambda: _replicas_current(urls, 3),
             30,
-            what="the restarted node caught up",
+            message="the restarted node caught up",
+            interval=0.05,
         )
         assert shipper.stop() == 0, shipper.log_text()[-3000:]
         assert billing.stop() == 0, billing.log_text()[-3000:]

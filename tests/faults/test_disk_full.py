@@ -46,13 +46,13 @@ from bench.faults.harness import (
     count_lines,
     timed,
     usage_call,
-    wait_until,
     written_record,
 )
 from bench.faults.helpers import shipper_proc, stream_messages, stream_messages_async
 from outbox import Outbox, create_outbox_engine, migrate, record_usage
 from outbox.errors import OutboxStoreError
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until_sync
 
 pytestmark = pytest.mark.faults
 
@@ -388,7 +388,8 @@ async def _run(ws: Workspace, disk: SmallDisk, log: WrittenLog, url: str, shippe
 
 
 async def _wait(predicate: Any, within: float, what: str) -> None:
-    await asyncio.to_thread(wait_until, predicate, within, what=what)
+    # The predicates block (sqlite3, a NATS round trip): poll them off the event loop.
+    await asyncio.to_thread(wait_until_sync, predicate, within, message=what, interval=0.05)
 
 
 def _poll(predicate: Any, seconds: float) -> bool:

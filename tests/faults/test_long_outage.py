@@ -21,13 +21,7 @@ import time
 
 import pytest
 
-from bench.faults.harness import (
-    ScenarioResult,
-    Workspace,
-    in_flight_recoveries,
-    timed,
-    wait_until,
-)
+from bench.faults.harness import ScenarioResult, Workspace, in_flight_recoveries, timed
 from bench.faults.helpers import (
     billing_counters,
     outbox_rows,
@@ -38,6 +32,7 @@ from bench.faults.helpers import (
     stream_messages,
 )
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until_sync
 
 pytestmark = pytest.mark.faults
 
@@ -83,20 +78,22 @@ def test_outage_longer_than_the_dedupe_window_is_absorbed_by_billing(
         )
         # The outage goes on past the window (its length is the fault being injected:
         # twice the window, so the server's purge timer has run too).
-        wait_until(
+        wait_until_sync(
             lambda: time.monotonic() - published_at >= 2 * WINDOW,
             10,
-            what="the outage outlasts the window",
+            message="the outage outlasts the window",
+            interval=0.05,
         )
         outage = time.monotonic() - published_at
 
         shipper.start()
         total = BEFORE + DURING
-        wait_until(
+        wait_until_sync(
             lambda: ws.pending() == 0 and stream_messages([url]) >= total + CRASHED,
             30,
-            what="the backlog shipped",
+            message="the backlog shipped",
             explain=lambda: f"outbox {ws.pending()}, stream {stream_messages([url])}",
+            interval=0.05,
         )
         billing.start()  # the slow consumer comes back to both copies of each
         ws.wait_settled(total, 30)
