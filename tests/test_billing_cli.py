@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from billing.errors import BillingConfigError
 from billing.store import Delivery, Rejection, Usage, apply_batch
 from outbox.stream_spec import DEFAULT_STREAM
 from tests.fixtures.billing import publish, usage_event
+from usage_demo.processes import CliProcess, module_command
 from usage_demo.waiting import wait_until
 
 
@@ -199,16 +199,9 @@ async def test_run_consumes_until_sigterm_then_exits_cleanly(
 ) -> None:
     db = tmp_path / "run.db"
     log = tmp_path / "run.log"
-    with log.open("wb") as log_file:  # a file, not a pipe nobody reads
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "billing",
-            "run",
-            env=_cli_env(nats_url, db),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    process = CliProcess(
+        module_command("billing", "run"), env=_cli_env(nats_url, db), log_path=log
+    ).start()
     try:
 
         async def durable_exists() -> bool:
@@ -228,12 +221,9 @@ async def test_run_consumes_until_sigterm_then_exits_cleanly(
                 return len(await b.event_states()) == len(events)
 
         await wait_until(all_recorded, message="every event recorded")
-        process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(process.wait(), 15)
+        code = (await process.stop_async(15)).returncode  # SIGTERM; SIGKILL (-9) after 15 s
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        process.close()
     output = log.read_text()
     assert code == 0, output
     assert "stopped: received 25, billed 0, unpriced 25, duplicates 0, rejected 0" in output

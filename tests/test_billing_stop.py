@@ -9,7 +9,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.shipper import REPO
+from usage_demo.processes import CliProcess, module_command
 from usage_demo.waiting import wait_until_sync
 
 
@@ -72,9 +72,8 @@ def test_billing_stops_within_seconds_while_nats_is_unreachable(
         }
     )
     log_path = tmp_path / "billing.log"
-    command = [sys.executable, "-m", "billing", "run", *(["--burst"] if burst else [])]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    command = module_command("billing", "run", *(["--burst"] if burst else []))
+    process = CliProcess(command, env=env, log_path=log_path).start()
     try:
         # Signal handlers in place (the metrics port is served after them) and the
         # database migrated: what is left is the connect, the state the user saw hang.
@@ -90,9 +89,7 @@ def test_billing_stops_within_seconds_while_nats_is_unreachable(
             pytest.fail(f"still running 10 s after {signum.name}: {log_path.read_text()}")
         took = time.monotonic() - signalled
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        process.close()
     output = log_path.read_text()
     assert code == 0, output
     assert took < 5, f"{took:.1f} s to stop"

@@ -7,9 +7,6 @@ as ``usage-billing run``). Every wait is a condition with a deadline.
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from billing.database import BillingDatabase
 from tests.fixtures.billing import ConfigFactory, publish, publish_raw, usage_event
 from tests.metrics_http import Scrape, http_get, json_log_lines, ready, scrape
 from usage_demo.natsserver import NatsServer
+from usage_demo.processes import CliProcess, module_command
 from usage_demo.waiting import wait_until
 
 EVENTS = "usage_billing_events_total"
@@ -140,18 +138,7 @@ async def test_cli_serves_metrics_and_logs_json_lines_without_secrets(
         "BILLING_METRICS_PORT": "0",
         "BILLING_LOG_FORMAT": "json",
     }
-    with log.open("wb") as log_file:  # a file, not a pipe nobody reads
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "billing",
-            "run",
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
+    process = CliProcess(module_command("billing", "run"), env=env, log_path=log, cwd=REPO).start()
     try:
 
         def serving_port() -> int | None:
@@ -171,12 +158,9 @@ async def test_cli_serves_metrics_and_logs_json_lines_without_secrets(
         )
         assert last.value("usage_billing_lag_seconds_count") == 12
         assert (await ready(url))[0] == 200
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 15) == 0
+        assert (await process.stop_async(15)).returncode == 0  # SIGTERM; SIGKILL after 15 s
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        process.close()
     assert secret not in log.read_text()
     ours = [line for line in json_log_lines(log) if line["logger"].startswith("billing")]
     assert all("action" in line for line in ours), [x for x in ours if "action" not in x]

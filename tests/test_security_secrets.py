@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from tests.fixtures.shipper import (
 )
 from tests.metrics_http import http_get
 from usage_demo.natsserver import NatsServer
+from usage_demo.processes import CliProcess, module_command
 from usage_demo.waiting import wait_until
 
 EVENTS = 20
@@ -118,9 +118,8 @@ async def _scrape(log: Path, serving: bool) -> str:
     return text
 
 
-async def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(process.wait, 20) == 0
+async def _stop(process: CliProcess) -> None:
+    assert (await process.stop_async(20)).returncode == 0  # SIGTERM; SIGKILL after 20 s
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
@@ -163,16 +162,8 @@ async def test_no_secret_in_the_shipper_output_or_metrics(
         _assert_json_lines(output)
 
 
-def _start_billing(args: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "billing", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
+def _start_billing(args: list[str], *, env: dict[str, str], log: Path) -> CliProcess:
+    return CliProcess(module_command("billing", *args), env=env, log_path=log, cwd=REPO).start()
 
 
 def _billing(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -237,9 +228,7 @@ async def test_no_secret_in_the_billing_output_or_metrics(
         metrics = await _scrape(log, BILLING_METRICS)
         await _stop(billing)
     finally:
-        if billing.poll() is None:
-            billing.kill()
-            billing.wait(10)
+        billing.close()
     output = log.read_text()
     assert "starting with" in output and "***" in output
     assert_no_secret(output, f"billing's {log_format} output")

@@ -18,8 +18,6 @@ import asyncio
 import contextlib
 import contextvars
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,7 @@ from outbox.errors import InvalidUsageEvent
 from outbox.schema import lease_table, outbox_table
 from outbox.stream_spec import DEFAULT_STREAM
 from usage_demo.natsserver import NatsServer
+from usage_demo.processes import CliProcess, module_command
 from usage_demo.traffic import (
     PRICES,
     Call,
@@ -64,7 +63,7 @@ class Demo:
         self.nats = NatsServer(workdir / "jetstream")
         self.written: dict[str, Call] = {}
         self.refused = 0
-        self.shipper: subprocess.Popen[bytes] | None = None
+        self.shipper: CliProcess | None = None
         self.shipper_restarts = 0
         self.nats_restarts = 0
         self.replayed = 0
@@ -78,45 +77,27 @@ class Demo:
         self.progress = asyncio.Condition()  # notified as events are written
         self.writing_done = False
         self.consumer: BillingConsumer | None = None
-        self.log = (workdir / "shipper.log").open("ab")
 
     # -- parts -------------------------------------------------------------------------
 
     def start_shipper(self) -> None:
         env = {**os.environ, "NATS_URL": self.nats.url, "USAGE_OUTBOX_URL": str(self.service_db)}
-        self.shipper = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shipper",
-                "run",
-                "--log-level",
-                "WARNING",
-                "--lease-ttl",
-                "6",
-                "--backoff-cap",
-                "1",
-            ],
-            env=env,
-            stdout=self.log,
-            stderr=self.log,
-            cwd=self.workdir,
+        command = module_command(
+            "shipper", "run", "--log-level", "WARNING", "--lease-ttl", "6", "--backoff-cap", "1"
         )
+        self.shipper = CliProcess(
+            command, env=env, log_path=self.workdir / "shipper.log", cwd=self.workdir
+        ).start()  # every restart appends to the one log
 
     def kill_shipper(self) -> None:
         if self.shipper is not None:
-            self.shipper.send_signal(signal.SIGKILL)
-            self.shipper.wait()
+            self.shipper.kill()
 
     def stop_shipper(self) -> int:
+        """SIGTERM; SIGKILL (exit -9) if it has not stopped within 30 s."""
         if self.shipper is None:
             return 0
-        self.shipper.send_signal(signal.SIGTERM)
-        try:
-            return self.shipper.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill_shipper()
-            return -9
+        return self.shipper.stop(30).returncode
 
     async def write_traffic(self) -> None:
         """Record every call, paced, from several concurrent request handlers."""
@@ -224,10 +205,8 @@ class Demo:
             self.stop_billing.set()
             if billing_task is not None and not billing_task.done():
                 billing_task.cancel()
-            if self.shipper is not None and self.shipper.poll() is None:
-                self.kill_shipper()
+            self.kill_shipper()
             self.nats.stop()
-            self.log.close()
 
     async def show_refusal(self) -> None:
         """A bad call is refused at write time with the field and the reason."""

@@ -39,10 +39,8 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import random
 import re
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -57,6 +55,7 @@ from typing import Any, Self
 
 from bench.faults.audit import AuditReport, Written, WrittenLog, load_written, run_audit
 from outbox.stream_spec import DEFAULT_STREAM
+from usage_demo.processes import CliProcess, child_env
 from usage_demo.waiting import wait_until_sync
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,92 +97,63 @@ BILLING_DEFAULTS: dict[str, object] = {
 
 def clean_env(**values: str) -> dict[str, str]:
     """The environment of a child: no inherited NATS/shipper/billing settings."""
-    prefixes = ("NATS_", "CONSUL_", "SHIPPER_", "USAGE_", "BILLING_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    env["PYTHONPATH"] = str(REPO)
-    env.update(values)
-    return env
+    return child_env(values, pythonpath=REPO)
 
 
 class Proc:
-    """One child process with its output appended to ``log_path``; restartable."""
+    """One child process (a :class:`CliProcess`) with its output appended to ``log_path``;
+    restartable, counting its starts and kills."""
 
     def __init__(
         self, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
     ) -> None:
         self.name = name
-        self.argv = list(argv)
-        self.env = dict(env)
         self.log_path = log_path
         self.starts = 0
         self.kills = 0
-        self._process: subprocess.Popen[bytes] | None = None
+        self._child = CliProcess(argv, env=env, log_path=log_path, cwd=REPO, name=name)
+        self._started = False
         self._log_offset = 0
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._child.running
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._child.pid if self._started else None
 
     @property
     def returncode(self) -> int | None:
-        return self._process.poll() if self._process is not None else None
+        return self._child.returncode
 
     def start(self) -> Self:
-        if self.running:
-            raise RuntimeError(f"{self.name} is already running")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._log_offset = log.tell()
-            self._process = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._child.start()
+        self._started = True
         self.starts += 1
         return self
 
     def kill(self) -> None:
         """SIGKILL (no clean-up of any kind runs in the child), then reap it."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(30)
+        if self.running:
+            self._child.kill()
             self.kills += 1
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM and wait; SIGKILL if it has not exited within ``timeout``."""
-        process = self._process
-        if process is None:
-            return None
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(30)
-        return process.returncode
+        return self._child.stop(timeout).returncode if self._started else None
 
     def restart(self) -> Self:
         self.kill()
         return self.start()
 
     def wait(self, timeout: float) -> int:
-        assert self._process is not None, f"{self.name} never started"
-        return self._process.wait(timeout)
+        assert self._started, f"{self.name} never started"
+        return self._child.wait(timeout)
 
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        return self._child.output()
 
     def log_since_start(self) -> str:
         """The log of the current run only."""
