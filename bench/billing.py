@@ -71,6 +71,7 @@ from billing.engines import create_billing_engine
 from billing.schema import billing_records
 from outbox import build_usage_event
 from usage_demo.natsserver import NatsServer
+from usage_demo.processes import CliProcess, module_command
 
 ROOT = Path(__file__).resolve().parents[1]
 PRICE = Decimal("0.000002")
@@ -166,8 +167,8 @@ async def prepare(url: str) -> None:
         await db.set_prices({(product, "token"): PRICE for product in PRODUCTS})
 
 
-def billing_command() -> list[str]:
-    return [sys.executable, "-m", "billing", "run"]
+def billing_command(*args: str) -> list[str]:
+    return module_command("billing", "run", *args)
 
 
 def billing_env(nats_url: str, url: str, durable: str, stream: str) -> dict[str, str]:
@@ -212,31 +213,19 @@ async def bench_billing(
     await prepare(url)
     durable = f"billing-{uuid.uuid4().hex[:8]}"
     env = billing_env(nats_url, url, durable, stream)
-    running = []
-    for n in range(processes):
-        log = (logs / f"{durable}-{n}.log").open("wb")
-        running.append(
-            await asyncio.create_subprocess_exec(
-                *billing_command(),
-                "--burst",
-                "--idle-timeout",
-                "3",
-                cwd=ROOT,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
+    command = billing_command("--burst", "--idle-timeout", "3")
+    running = [
+        CliProcess(command, env=env, log_path=logs / f"{durable}-{n}.log", cwd=ROOT).start(
+            fresh=True
         )
-        log.close()
+        for n in range(processes)
+    ]
     try:
         async with asyncio.timeout(TIMEOUT + count / 200):
-            codes = [await process.wait() for process in running]
+            codes = [await process.wait_async() for process in running]
     finally:
         for process in running:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            process.close()
     if any(codes):
         raise RuntimeError(f"usage-billing exited {codes}; logs in {logs}")
     return await billed_rate(url)
@@ -298,20 +287,15 @@ async def bench_latency(
     env = billing_env(nats_url, billing_url, durable, stream)
     env["BILLING_LOG_LEVEL"] = "INFO"
     log_path = directory / "e2e-billing.log"
-    with log_path.open("wb") as log:
-        billing = await asyncio.create_subprocess_exec(
-            *billing_command(), cwd=ROOT, env=env, stdout=log, stderr=log
-        )
+    billing = CliProcess(billing_command(), env=env, log_path=log_path, cwd=ROOT, name="billing")
+    billing.start(fresh=True)
     shipper_log = directory / "e2e-shipper.log"
     shipper = await start_shipper(outbox, nats_url, shipper_log, exit_when_idle=False)
     out = directory / "e2e-writer.txt"
     try:
         await wait_ready(shipper, shipper_log)
+        await billing.wait_for_line_async("consuming", TIMEOUT, interval=0.05)
         deadline = perf() + TIMEOUT
-        while b"consuming" not in log_path.read_bytes():
-            if billing.returncode is not None or perf() > deadline:
-                raise RuntimeError(f"billing did not start: {log_path.read_text()[-2000:]}")
-            await asyncio.sleep(0.05)
         # Billing's durable starts at the stream's first message: let it bill the backlog
         # before the measured events are written.
         while (await billed_rate(billing_url))[1] < (await stream_messages(nats_url, stream)):

@@ -63,7 +63,7 @@ async def bench_memory(
             await stop_process(process)
             break
         await asyncio.sleep(0.05)
-    await process.wait()
+    await process.wait_async()
     exited = perf()
     if not samples or ready is None:
         raise RuntimeError(f"the shipper never got ready; its log {log}:\n{tail(log)}")

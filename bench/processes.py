@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
 from bench.stream import TIMEOUT
+from usage_demo.processes import CliProcess, module_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,10 +17,6 @@ READY_LINE = "shipping to stream"
 
 
 perf = time.perf_counter
-
-
-def log_file(path: Path) -> IO[bytes]:
-    return path.open("wb")
 
 
 def log_has(path: Path, text: str) -> bool:
@@ -53,12 +46,9 @@ def vm_rss_kib(pid: int) -> int | None:
 
 async def start_shipper(
     database: Path, url: str, log: Path, *, exit_when_idle: bool, extra: Sequence[str] = ()
-) -> asyncio.subprocess.Process:
+) -> CliProcess:
     command = [
-        sys.executable,
-        "-m",
-        "shipper",
-        "run",
+        *module_command("shipper", "run"),
         "--database-url",
         str(database),
         "--nats-url",
@@ -69,29 +59,14 @@ async def start_shipper(
     if exit_when_idle:
         command += ["--exit-when-idle", "true"]
     command += extra
-    handle = log_file(log)
-    try:
-        return await asyncio.create_subprocess_exec(
-            *command, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=handle, stderr=handle
-        )
-    finally:
-        handle.close()
+    return CliProcess(command, log_path=log, cwd=ROOT, name="the shipper").start(fresh=True)
 
 
-async def wait_ready(process: asyncio.subprocess.Process, log: Path) -> None:
-    deadline = perf() + TIMEOUT
-    while not log_has(log, READY_LINE):
-        if process.returncode is not None or perf() > deadline:
-            raise RuntimeError(f"the shipper did not get ready; its log {log}:\n{tail(log)}")
-        await asyncio.sleep(0.01)
+async def wait_ready(process: CliProcess, log: Path) -> None:
+    """Until the shipper logs that it is ready (``ProcessFailed`` if it exits first)."""
+    await process.wait_for_line_async(READY_LINE, TIMEOUT, interval=0.01)
 
 
-async def stop_process(process: asyncio.subprocess.Process) -> int:
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 30)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-    return process.returncode if process.returncode is not None else -1
+async def stop_process(process: CliProcess) -> int:
+    """SIGTERM; SIGKILL after 30 s; the exit code."""
+    return (await process.stop_async(30)).returncode

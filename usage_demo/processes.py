@@ -78,12 +78,15 @@ class CliProcess:
 
     # -- starting ------------------------------------------------------------------------
 
-    def start(self) -> Self:
-        """Start the child (again, if it ran before); its output goes to the end of the log."""
+    def start(self, *, fresh: bool = False) -> Self:
+        """Start the child (again, if it ran before); its output goes to the end of the log,
+        or, if ``fresh``, replaces what the log held."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:  # the child keeps its own copy of the fd
+        with self.log_path.open(
+            "wb" if fresh else "ab"
+        ) as log:  # the child keeps its own copy of the fd
             self._process = subprocess.Popen(
                 self.argv,
                 env=self.env,
@@ -121,6 +124,10 @@ class CliProcess:
     def wait(self, timeout: float | None = None) -> int:
         """The exit code, waiting up to ``timeout`` s (``subprocess.TimeoutExpired`` after)."""
         return self.process.wait(timeout)
+
+    async def wait_async(self, within: float | None = None) -> int:
+        """:meth:`wait` without blocking the event loop."""
+        return await asyncio.to_thread(self.process.wait, within)
 
     # -- output --------------------------------------------------------------------------
 
