@@ -23,10 +23,10 @@ from tests.fixtures.shipper import (
     run_cli,
     shipper_config,
     shipper_env,
-    wait_until,
     write_events,
 )
 from usage_demo.natsserver import NatsServer
+from usage_demo.waiting import wait_until
 
 
 def _states(path: Path) -> dict[str, int]:
