@@ -25,7 +25,8 @@ from nats.js import JetStreamContext
 
 from tests.consul_stub import ConsulStub, ServiceInstance
 from usage_demo import natsserver
-from usage_demo.natsserver import NatsCluster, NatsServer, NatsServerError
+from usage_demo.natscluster import NatsCluster
+from usage_demo.natsserver import NatsServer, NatsServerError
 
 T = TypeVar("T")
 

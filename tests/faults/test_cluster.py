@@ -29,7 +29,7 @@ from outbox.contract import build_usage_event
 from outbox.stream_spec import DEFAULT_STREAM
 from shipper.publisher import Message, Outcome, Publisher, classify
 from tests.consul_stub import ConsulStub
-from usage_demo.natsserver import NatsCluster
+from usage_demo.natscluster import NatsCluster
 from usage_demo.waiting import wait_until_sync
 
 pytestmark = pytest.mark.faults
