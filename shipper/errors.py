@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from outbox.errors import ConfigError, OutboxError
 
-__all__ = ["ConfigError", "DiscoveryError", "LeaseLost", "StreamMismatch", "TransientError"]
+__all__ = [
+    "ConfigError",
+    "DiscoveryError",
+    "LeaseLost",
+    "SideTaskDied",
+    "StreamMismatch",
+    "TransientError",
+]
 
 
 class TransientError(OutboxError):
@@ -30,3 +37,7 @@ class StreamMismatch(ConfigError):
 
 class LeaseLost(OutboxError):
     """Another shipper holds this outbox's lease; this one must stop claiming."""
+
+
+class SideTaskDied(OutboxError):
+    """A task the shipper runs beside its loop (the lease keeper) ended while it ran."""

@@ -3,6 +3,10 @@
 The in-flight range recorded with the lease (``store.set_in_flight``) is the evidence
 that rows were being published when a shipper died; whoever takes the lease next counts
 an attempt on each of them, so a row that crashes the shipper reaches ``max_attempts``.
+
+Losing the lease to another shipper ends the run with :class:`LeaseLost`, whichever path
+finds out first (the keeper's renewal here, or the drain's next claim): the CLI exits 1
+with the one line :data:`LEASE_LOST`.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,11 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox import store
 from outbox.transactions import Transactions
+from shipper.errors import LeaseLost
 from usage_runtime.signals import sleep_unless_stopped
 
 logger = logging.getLogger("shipper")
 
 LEASE_NAME = "shipper"
+#: What a shipper that lost its lease says as it stops (the message of LeaseLost).
+LEASE_LOST = "lost the outbox lease to another shipper; stopping"
 
 
 def holder_is_gone(owner: str) -> bool:
@@ -137,9 +143,10 @@ class Lease:
         )
         return await store.recover_in_flight(conn, name=LEASE_NAME)
 
-    async def keep(self, on_lost: Callable[[], None]) -> None:
-        """Renew the lease every third of its time to live until a stop; call ``on_lost``
-        if another shipper took it meanwhile."""
+    async def keep(self) -> None:
+        """Renew the lease every third of its time to live until a stop; raise
+        :class:`LeaseLost` if another shipper took it meanwhile (the shipper runs this as
+        a side task: its end stops the run)."""
         while not self._stop.is_set():
             await sleep_unless_stopped(self._stop, self.ttl / 3)
             try:
@@ -150,11 +157,7 @@ class Lease:
                 )
                 continue
             if not held:
-                logger.error(
-                    "lost the outbox lease to another shipper; stopping",
-                    extra={"action": "lease_lost"},
-                )
-                on_lost()
+                raise LeaseLost(LEASE_LOST)
 
     async def _renew(self) -> bool:
         """One renewal. Through ``db`` it runs whole in one thread behind the outbox's

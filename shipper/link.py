@@ -1,9 +1,16 @@
-"""The shipper's link to JetStream: a connection found through discovery, the stream
-checked on it, and the publisher on top; rebuilt whole when the connection is gone.
+"""The shipper's outbound port and its JetStream implementation.
 
-nats-py reconnects on its own for a while; when it gives up, the connection is closed
-for good, and the next :meth:`JetStreamLink.ensure` asks discovery again and builds a
-new one rather than letting the process die.
+:class:`Link` is everything the shipper needs of the way out (Watermill's forwarder
+takes its publisher the same way): connect when needed, a publisher that says per
+message what became of it, the stream checked, and a stop with a deadline. The shipper
+is given one (``Shipper(config, link=...)``) or builds a :class:`JetStreamLink`;
+:mod:`shipper.testing` holds an in-memory one for the unit tier.
+
+:class:`JetStreamLink` is a connection found through discovery, the stream checked on
+it, and the publisher on top; rebuilt whole when the connection is gone. nats-py
+reconnects on its own for a while; when it gives up, the connection is closed for good,
+and the next :meth:`JetStreamLink.ensure` asks discovery again and builds a new one
+rather than letting the process die.
 """
 
 from __future__ import annotations
@@ -12,8 +19,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from nats.aio.client import Client
 
@@ -23,7 +31,7 @@ from shipper.discovery import Discovery
 from shipper.errors import ConfigError, TransientError
 from shipper.fastingest import FastIngestPublisher, server_supports_batches
 from shipper.metrics import ShipperMetrics
-from shipper.publisher import Publisher
+from shipper.publisher import Message, Publisher, Result
 from shipper.stats import ShipperStats
 from shipper.stream import StreamChoice, ensure_stream
 from usage_runtime.nats import CREDENTIAL_HINT, NatsRefused
@@ -33,22 +41,65 @@ from usage_runtime.signals import unless_stopped
 logger = logging.getLogger("shipper")
 
 
+class Publishing(Protocol):
+    """What the drain asks of a publisher (:class:`Publisher`, FastIngestPublisher)."""
+
+    @property
+    def max_payload(self) -> int: ...
+
+    async def publish(self, messages: Sequence[Message], *, one_by_one: bool = ...) -> list[Result]:
+        """One result per message, in order; :class:`TransientError` when the connection
+        cannot take the messages at all. ``one_by_one``: a suspect batch (one PubAck per
+        message, even where batches are possible)."""
+        ...
+
+
+@dataclass
+class LinkHooks:
+    """What the shipper lends its link (:meth:`Link.bind`): its stop, counters, metrics
+    and an ear for connection trouble met before a connect gives up."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: ShipperStats = field(default_factory=ShipperStats)
+    metrics: ShipperMetrics = field(default_factory=ShipperMetrics)
+    on_trouble: Callable[[str], None] | None = None
+
+
+class Link(Protocol):
+    """The shipper's outbound port."""
+
+    #: The stream last checked, with what about it can lose events (None before).
+    stream: StreamChoice | None
+
+    def bind(self, hooks: LinkHooks) -> None:
+        """Called once by the shipper that drives this link, before anything else."""
+        ...
+
+    @property
+    def publisher(self) -> Publishing:
+        """The publisher of the live connection (after :meth:`ensure`)."""
+        ...
+
+    async def ensure(self) -> None:
+        """Connect if needed: :class:`TransientError` while the way out is not there,
+        :class:`ConfigError` when it never will be as configured."""
+        ...
+
+    def stream_unsure(self) -> None:
+        """Rows found no stream responder: check the stream before the next batch."""
+        ...
+
+    def stop_by(self, deadline: float) -> None:
+        """A stop was asked for: wait for answers until ``deadline`` (monotonic) at most."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class JetStreamLink:
-    def __init__(
-        self,
-        config: ShipperConfig,
-        *,
-        stop: asyncio.Event,
-        stats: ShipperStats,
-        metrics: ShipperMetrics,
-        on_trouble: Callable[[str], None] | None = None,
-    ) -> None:
+    def __init__(self, config: ShipperConfig) -> None:
         self.config = config
-        #: Hears what stands in the way while a connection is being tried (see ensure).
-        self.on_trouble = on_trouble
-        self.stats = stats
-        self.metrics = metrics
-        self._stop = stop
+        self.bind(LinkHooks())
         self._discovery = Discovery(config)
         self._client: Client | None = None
         self._closed = asyncio.Event()  # set by the connection's callbacks, or by close()
@@ -60,6 +111,13 @@ class JetStreamLink:
         #: The stream last checked, with what about it can lose events (None before).
         self.stream: StreamChoice | None = None
         self._stop_deadline: float | None = None
+
+    def bind(self, hooks: LinkHooks) -> None:
+        self.stats = hooks.stats
+        self.metrics = hooks.metrics
+        self._stop = hooks.stop
+        #: Hears what stands in the way while a connection is being tried (see ensure).
+        self.on_trouble = hooks.on_trouble
 
     @property
     def publisher(self) -> Publisher | FastIngestPublisher:

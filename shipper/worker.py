@@ -1,14 +1,26 @@
-"""The shipper: claim due rows, publish them to JetStream, settle what the acks say.
+"""The shipper: the process around the drain.
 
-Read top to bottom: :meth:`Shipper.run` (start-up, the loop, shutdown), :meth:`_step`
-(connect if needed, then :meth:`drain`), :meth:`drain` (claim, publish, settle, with the
-database work of one batch overlapping the publishing of the one before).
-Nothing is deleted from the outbox before its PubAck; every other outcome leaves the row
-pending (released, or retried after its backoff) or moves it to ``dead`` with the reason.
+Read top to bottom: :meth:`Shipper.run` (start, side tasks, the loop, shutdown). Each
+turn of the loop is one named call: :meth:`Shipper.drain` (claim, publish, settle: the
+state of its at most two batches lives in :class:`shipper.pipeline.Pipeline`), then
+:meth:`Shipper.tidy` when the outbox ran short, then the poll pause; a burst run
+(``exit_when_idle``) ends at the first idle turn with nothing left to tidy. Transient
+trouble is retried with backoff around :meth:`drain` and shown in ``usage-shipper
+status``, ``/readyz`` and the metrics.
 
-The parts it drives live apart: the connection in :mod:`shipper.link`, the publishing
-in :mod:`shipper.publisher`, the one-shipper lease in :mod:`shipper.lease`, retention
-in :mod:`shipper.tidy`, and every statement in :mod:`outbox.store`.
+Side tasks (the lease keeper) run beside the loop and are watched, as procrastinate's
+worker watches its own: one that dies stops the shipper with one error line, and
+:meth:`run` raises (exit 1 from the CLI) instead of the failure going unheard. Losing
+the lease ends the run with :class:`LeaseLost` by either route (the keeper's renewal,
+or the drain's next claim).
+
+The outbound side is injected: ``Shipper(config, engine=..., link=...)`` takes any
+:class:`shipper.link.Link` (default :class:`shipper.link.JetStreamLink`; the unit tier
+uses :class:`shipper.testing.InMemoryLink`). Nothing is deleted from the outbox before
+its PubAck; every other outcome leaves the row pending (released, or retried after its
+backoff) or moves it to ``dead`` with the reason. The one-shipper lease is in
+:mod:`shipper.lease`, retention in :mod:`shipper.tidy`, every statement in
+:mod:`outbox.store`.
 """
 
 from __future__ import annotations
@@ -23,7 +35,6 @@ import uuid
 from pathlib import Path
 
 import tenacity
-from sqlalchemy import Connection
 from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,14 +42,12 @@ from outbox import migrate, store
 from outbox.errors import OutboxStoreError
 from outbox.sqlite import create_outbox_engine, sqlite_file
 from outbox.transactions import Transactions
-from shipper.batch import Ahead, Batch, Flight, Settlement, retry_at
 from shipper.config import ShipperConfig
-from shipper.errors import ConfigError, LeaseLost, TransientError
-from shipper.lease import LEASE_NAME, Lease
-from shipper.link import JetStreamLink
+from shipper.errors import ConfigError, LeaseLost, SideTaskDied, TransientError
+from shipper.lease import Lease
+from shipper.link import JetStreamLink, Link, LinkHooks
 from shipper.metrics import ShipperMetrics, metrics_for
-from shipper.publisher import Outcome
-from shipper.rows import Refusal, to_message
+from shipper.pipeline import Pipeline
 from shipper.stats import ShipperStats
 from shipper.stream import STREAM_RISK_NOTE
 from shipper.tidy import TIDY_PAUSE, Tidier
@@ -56,14 +65,16 @@ NOTE_TIMEOUT = 2.0
 #: Write transactions between two passive WAL checkpoints (see Transactions): with a
 #: writer committing beside a 100,000-row drain the WAL peaked at 89 MiB with 4, 20 with 1.
 CHECKPOINT_EVERY = 1
-#: Acknowledged rows settled per write transaction at most: measured on the 2-core box,
-#: deleting 1,000 rows held the write lock 8-30 ms; 250 held it p99 18-52 ms under load
-#: and 100 p99 9 ms, max 20 ms (bench.retention, docs/retention.md).
-SETTLE_CHUNK = 100
 
 
 class Shipper:
-    def __init__(self, config: ShipperConfig, *, engine: AsyncEngine | None = None) -> None:
+    def __init__(
+        self,
+        config: ShipperConfig,
+        *,
+        engine: AsyncEngine | None = None,
+        link: Link | None = None,
+    ) -> None:
         self.config = config
         self.stats = ShipperStats()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -73,27 +84,20 @@ class Shipper:
         self._failing_since: float | None = None
         # Served on config.metrics_port; hooks that do nothing when it is unset.
         self.metrics: ShipperMetrics = metrics_for(config)
-        self._link = JetStreamLink(
-            config,
-            stop=self._stop,
-            stats=self.stats,
-            metrics=self.metrics,
-            on_trouble=self._trouble,
+        #: The outbound port: JetStream unless another link is given.
+        self.link: Link = link if link is not None else JetStreamLink(config)
+        self.link.bind(
+            LinkHooks(
+                stop=self._stop, stats=self.stats, metrics=self.metrics, on_trouble=self._trouble
+            )
         )
         self._db: Transactions | None = None  # the claim/settle path (see _open_store)
-        # Both made with the store, in _open_store:
+        # All three made with the store, in _open_store:
         self._lease: Lease | None = None
         self._tidier: Tidier | None = None
-        # Outcomes known and not yet written: the next transaction writes them (after an
-        # error, the next drain's, or the shutdown's), and claims leave their rows out.
-        self._unsettled = Settlement()
-        # A batch was recorded in flight and its outcome is not known: if the run ends
-        # now, its rows are charged an attempt (see Lease.release).
-        self._outcome_unknown = False
-        self._span: tuple[int, int] | None = None  # the in-flight range the lease records
-        # Publish a batch while the one before waits for its acks only when both fit in
-        # the in-flight window together.
-        self._overlap = 2 * config.batch_size <= config.max_in_flight
+        self._pipeline: Pipeline | None = None
+        # Why a side task ended the run (raised by run() once the shipper has stopped).
+        self._side_failure: BaseException | None = None
         self._noted_stream_risk: str | None = None  # None: not written by this run yet
         # The transient problem being backed off from, as `usage-shipper status` shows it
         # (the "problem" note) and /readyz says it; None while shipping works.
@@ -120,6 +124,11 @@ class Shipper:
         return self._tidier
 
     @property
+    def pipeline(self) -> Pipeline:
+        assert self._pipeline is not None, "Shipper.run() opens the store"
+        return self._pipeline
+
+    @property
     def db(self) -> Transactions:
         """Claims, settlements and cleanup: each transaction run whole in one thread, so
         SQLite's write lock is held only while its statements run."""
@@ -133,43 +142,96 @@ class Shipper:
         to collect outstanding PubAcks and close the connection, however stuck NATS is.
         """
         self._stop.set()
-        self._link.stop_by(time.monotonic() + self.config.shutdown_timeout)
+        self.link.stop_by(time.monotonic() + self.config.shutdown_timeout)
 
     # -- the loop ----------------------------------------------------------------------
 
     async def run(self) -> ShipperStats:
-        """Ship until :meth:`stop` (or, with ``exit_when_idle``, until nothing is due)."""
+        """Ship until :meth:`stop` (or, with ``exit_when_idle``, until nothing is due).
+
+        Raises :class:`LeaseLost` when another shipper took the lease, and
+        :class:`SideTaskDied` when a side task died, after stopping cleanly."""
+        side_tasks: list[asyncio.Task[None]] = []
+        try:
+            if not await self._start():
+                return self.stats
+            side_tasks = self._start_side_tasks()
+            while not self._stop.is_set():
+                shipped = await self.drain()  # claim, publish, settle
+                if shipped is None:
+                    break
+                if shipped >= self.config.batch_size:
+                    continue  # more is due at once
+                idle = shipped == 0 and self.config.exit_when_idle
+                if await self.tidy(force=idle):
+                    continue
+                if idle:
+                    break  # burst mode: nothing due, nothing to tidy
+                # The next drain's read is the poll: it takes no write lock, so it can
+                # run every poll_interval without slowing writers.
+                await self._sleep(self.config.poll_interval)
+            if self._side_failure is not None:
+                raise self._side_failure
+        except LeaseLost as exc:
+            logger.error("%s", exc, extra={"action": "lease_lost"})
+            raise
+        finally:
+            await _cancel(side_tasks)
+            await self.metrics.stop()
+            await self._shutdown()
+        return self.stats
+
+    async def _start(self) -> bool:
+        """Open the engine, serve metrics, open the store and take the lease; False when
+        stopped meanwhile."""
         if self._engine is None:
             self._engine = create_outbox_engine(self.config.database_url)
         # Served first: /readyz can say what the start-up waits for (a missing file).
         await self.metrics.start(self.engine)
-        lease_keeper: asyncio.Task[None] | None = None
-        try:
-            if not await self._open_store() or not await self.lease.acquire():
-                return self.stats
-            lease_keeper = asyncio.create_task(self.lease.keep(self.stop), name="shipper-lease")
-            while not self._stop.is_set():
-                shipped = await self._step_with_backoff()
-                if shipped is None:
-                    break
-                if shipped < self.config.batch_size:
-                    done = shipped == 0 and self.config.exit_when_idle
-                    if await self.tidier.step(force=done):
-                        # Short pause between cleanup steps: writers get the lock in between.
-                        await self._sleep(TIDY_PAUSE)
-                        continue
-                    if done:
-                        break
-                    # The next drain's read is the poll: it takes no write lock, so it can
-                    # run every poll_interval without slowing writers.
-                    await self._sleep(self.config.poll_interval)
-        finally:
-            if lease_keeper is not None:
-                lease_keeper.cancel()
-                await asyncio.gather(lease_keeper, return_exceptions=True)
-            await self.metrics.stop()
-            await self._shutdown()
-        return self.stats
+        return await self._open_store() and await self.lease.acquire()
+
+    async def tidy(self, *, force: bool) -> bool:
+        """One retention/cleanup step (see :class:`Tidier`); True when there may be more,
+        after a short pause in which writers get the lock."""
+        if not await self.tidier.step(force=force):
+            return False
+        await self._sleep(TIDY_PAUSE)
+        return True
+
+    # -- side tasks --------------------------------------------------------------------
+
+    def _start_side_tasks(self) -> list[asyncio.Task[None]]:
+        """Tasks beside the loop, each watched by the last one (see _monitor_side_tasks)."""
+        side_tasks = [asyncio.create_task(self.lease.keep(), name="lease-keeper")]
+        monitor = asyncio.create_task(
+            self._monitor_side_tasks(side_tasks), name="side-task-monitor"
+        )
+        return [*side_tasks, monitor]
+
+    async def _monitor_side_tasks(self, side_tasks: list[asyncio.Task[None]]) -> None:
+        """Stop the shipper when a side task ends while it runs: with the side task's
+        LeaseLost, or with SideTaskDied naming the task and its error (one line)."""
+        done, _ = await asyncio.wait(side_tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            error = None if task.cancelled() else task.exception()
+            if error is None and self._stop.is_set():
+                continue  # ended with the run
+            if isinstance(error, LeaseLost):
+                self._side_failure = error
+            else:
+                why = f"{type(error).__name__}: {error}" if error is not None else "it returned"
+                self._side_failure = SideTaskDied(f"side task {task.get_name()} died ({why})")
+                self._side_failure.__cause__ = error
+                logger.error("%s; stopping", self._side_failure, extra={"action": "side_task_died"})
+                if error is not None:
+                    logger.debug("the side task's traceback", exc_info=error)
+            self.stop()
+            return
+
+    async def drain(self) -> int | None:
+        """Claim, publish and settle until the outbox reads short (:meth:`Pipeline.drain`);
+        the rows claimed, or None when a stop came while backing off from trouble."""
+        return await self._step_with_backoff()
 
     async def _step_with_backoff(self) -> int | None:
         """One step, retried with capped exponential backoff and jitter while JetStream is
@@ -246,298 +308,20 @@ class Shipper:
     async def _step(self) -> int:
         if self._stop.is_set():
             return 0
-        await self._link.ensure()
+        await self.link.ensure()
         await self._note_stream()
         try:
-            return await self.drain()
+            return await self.pipeline.drain()
         except SQLAlchemyError as exc:
             # Locked past busy_timeout, disk full on the delete: the rows are still there
             # and the acknowledged ones will come back as JetStream duplicates.
             raise TransientError(f"{DATABASE_TROUBLE}{exc}") from exc
 
-    async def drain(self) -> int:
-        """Ship batches until a read comes back short; return the rows claimed.
-
-        A claim is a read with no write lock (:func:`outbox.store.due_rows`; it is also
-        the idle poll) followed by one short write transaction that settles what the acks
-        of the batch before said and records the new batch as in flight (checking the
-        lease in the same statement). Each transaction runs whole in one worker thread
-        (:attr:`db`), so it holds SQLite's write lock only while its statements run.
-        While a full batch is in flight the next one is read, recorded and (when two
-        batches fit in ``max_in_flight``) published too, so the loop costs the slower of
-        the database work and the publishing, not their sum, and nats-server is never left
-        waiting for a batch's last acks. Outcomes are written one step late, never before
-        their PubAck, and all of them before ``drain`` returns.
-
-        A suspect batch (a row in it has had an attempt that did not end in a PubAck,
-        e.g. it was in flight when a shipper died) is published apart: what came before
-        it is settled first and nothing after it is claimed until it is done. If it
-        crashes this process too, the in-flight range then holds only its own rows, and
-        only they are charged an attempt, not the innocent rows around them.
-        """
-        batch = await self._claim(after=0)
-        if batch is None:
-            await self._commit(span=None)
-            return 0
-        await self._commit(span=batch.span, buried=batch.buried)
-        current: Flight | None = self._launch(batch)
-        claimed = 0
-        while current is not None:
-            batch, flight = current
-            claimed += batch.size
-            ahead = Ahead()
-            try:
-                if batch.full and not batch.suspect and not self._stop.is_set():
-                    ahead = await self._claim_ahead(batch)
-                outcome = await flight
-            except BaseException:
-                await self._abandon(flight, ahead.flight)
-                raise
-            self._unsettled.absorb(outcome)
-            if outcome.trouble is not None:
-                await self._give_up(ahead)
-                raise TransientError(outcome.trouble)
-            current = ahead.flight or await self._launch_next(batch, ahead)
-        await self._commit(span=None)
-        return claimed
-
-    async def _claim_ahead(self, batch: Batch) -> Ahead:
-        """While ``batch`` waits for its acks: claim the next one and record both in
-        flight; publish it too when both fit in the in-flight window. A suspect batch
-        is only claimed: it waits until everything before it is settled."""
-        following = await self._claim(after=batch.last_id)
-        if following is None or following.suspect:
-            return Ahead(following)
-        await self._commit(span=(batch.first_id, following.last_id), buried=following.buried)
-        if self._overlap:
-            return Ahead(following, recorded=True, flight=self._launch(following))
-        return Ahead(following, recorded=True)
-
-    async def _launch_next(self, batch: Batch, ahead: Ahead) -> Flight | None:
-        """``batch`` is done and nothing is in flight: publish the batch after it (claimed
-        ahead, or claimed now), or None when none is due."""
-        self._outcome_unknown = False
-        following = ahead.batch
-        if following is None and batch.full and not self._stop.is_set():
-            following = await self._claim(after=batch.last_id)
-        if following is None:
-            return None
-        if not ahead.recorded:
-            await self._commit(span=following.span, buried=following.buried)
-        return self._launch(following)
-
-    async def _give_up(self, ahead: Ahead) -> None:
-        """Connection-level trouble ended a batch: keep the outcome of the batch published
-        after it (it meets the same trouble, or finishes), hand back one recorded and not
-        published as it is, and write it all with nothing left in flight."""
-        if ahead.flight is not None:
-            self._unsettled.absorb(await ahead.flight[1])
-        elif ahead.batch is not None and ahead.recorded:
-            self._unsettled.release.extend(row.id for row in ahead.batch.rows)
-        self._outcome_unknown = False
-        await self._commit(span=None)
-
-    def _launch(self, batch: Batch) -> Flight:
-        """Start publishing ``batch`` (already recorded in flight)."""
-        self._outcome_unknown = True
-        return batch, asyncio.create_task(self._publish(batch))
-
-    async def _abandon(self, flight: asyncio.Task[Settlement], upcoming: Flight | None) -> None:
-        """An exception ends the drain: wait for the batches in flight (each bounded by
-        the publish timeout) and keep what their acks said, to be written later. A batch
-        whose publishing raised has no outcome: its rows stay recorded in flight."""
-        known = True
-        for task in (flight, upcoming[1] if upcoming is not None else None):
-            if task is None:
-                continue
-            (result,) = await asyncio.gather(task, return_exceptions=True)
-            if isinstance(result, Settlement):
-                self._unsettled.absorb(result)
-            else:
-                known = False
-        self._outcome_unknown = not known
-
-    async def _claim(self, *, after: int) -> Batch | None:
-        """Read the next due rows after ``after`` with no write lock, leaving out rows
-        whose outcome is known but not yet written; None when nothing is due."""
-        skip = {row_id for row_id in self._unsettled.written_ids() if row_id > after}
-        limit = self.config.batch_size
-        while True:
-            rows = await self.db.read_inline(
-                store.due_rows, now=time.time(), limit=limit + len(skip), after=after
-            )
-            if skip:
-                rows = [row for row in rows if row.id not in skip]
-            claim = store.plan_claim(rows, limit=limit, max_attempts=self.config.max_attempts)
-            if claim.rows or not claim.buried:
-                break
-            # Only rows out of attempts: bury them now (what is in flight stays so), then
-            # look again.
-            await self._commit(span=self._span, buried=claim.buried)
-        if not claim.rows:
-            return None
-        return self._prepare(claim.rows, full=claim.more, buried=claim.buried)
-
-    async def _commit(
-        self, *, span: tuple[int, int] | None, buried: list[store.OutboxRow] | None = None
-    ) -> None:
-        """One short write transaction: write the outcomes gathered in ``self._unsettled``,
-        record ``span`` as the rows in flight (None: nothing is), extending the lease, and
-        bury ``buried``. Raises :class:`LeaseLost` (after writing the outcomes, which hold
-        whoever owns the lease) when another shipper took the lease. Writes nothing when
-        there is nothing to write: an idle poll costs no write lock."""
-        if not self._unsettled and span is None and self._span is None and not buried:
-            self._record(self._unsettled)  # rows handed back with no write (released)
-            self._unsettled = Settlement()
-            return
-        settlement, self._unsettled = self._unsettled, Settlement()
-        try:
-            while len(settlement.acked) > SETTLE_CHUNK:
-                # Acknowledged rows beyond one chunk go first, a chunk per transaction,
-                # so a writer waiting for the file waits for one short chunk at most.
-                await self.db.write(self._write_acked, settlement.acked[:SETTLE_CHUNK])
-                del settlement.acked[:SETTLE_CHUNK]
-            held = await self.db.write(self._write_commit, settlement, span, buried or [])
-        except BaseException:
-            settlement.absorb(self._unsettled)
-            self._unsettled = settlement  # still to be written
-            raise
-        if held or span is None:
-            self._span = span
-        self._record(settlement)
-        if span is not None and not held:
-            raise LeaseLost("another shipper took this outbox's lease")
-        for row in buried or ():
-            self.stats.dead += 1
-            self.metrics.dead_lettered(1)
-            logger.error(
-                "row %s (event %s) dead after %d attempts",
-                row.id,
-                row.event_id,
-                row.attempts,
-                extra={"action": "dead_lettered", "event_id": row.event_id},
-            )
-
-    def _write_commit(
-        self,
-        conn: Connection,
-        settlement: Settlement,
-        span: tuple[int, int] | None,
-        buried: list[store.OutboxRow],
-    ) -> bool:
-        """The body of :meth:`_commit`, run whole in one thread; True if the lease is held."""
-        now = time.time()
-        if settlement:
-            self._write_acked(conn, settlement.acked, now=now)
-            store.retry_later(conn, settlement.retry)
-            store.mark_dead(conn, settlement.dead)
-        held = store.set_in_flight(
-            conn,
-            name=LEASE_NAME,
-            owner=self.owner,
-            span=span,
-            renew_until=now + self.config.lease_ttl if span is not None else None,
-        )
-        if held and buried:
-            store.bury(conn, buried, max_attempts=self.config.max_attempts)
-        return held
-
-    def _write_acked(self, conn: Connection, ids: list[int], *, now: float | None = None) -> None:
-        """Acknowledged rows: deleted, or kept as ``sent`` for ``keep_sent_hours``."""
-        if self.config.keep_sent_hours > 0:
-            store.mark_sent(conn, ids, now=time.time() if now is None else now)
-        else:
-            store.delete_sent(conn, ids)
-
-    def _prepare(
-        self, rows: list[store.OutboxRow], *, full: bool, buried: list[store.OutboxRow]
-    ) -> Batch:
-        max_payload, parse = self._link.publisher.max_payload, self.config.parse_payloads
-        batch = Batch(rows=rows, full=full, buried=buried)
-        for row in rows:
-            prepared = to_message(row, max_payload=max_payload, parse_payload=parse)
-            if isinstance(prepared, Refusal):
-                batch.refused.append(store.Failure(row.id, prepared.reason))
-            else:
-                batch.messages.append(prepared)
-                batch.sendable.append(row)
-        return batch
-
-    async def _publish(self, batch: Batch) -> Settlement:
-        """Publish a batch and say what should become of each row. Never raises for
-        connection trouble: it hands the rows back and reports the trouble."""
-        publisher = self._link.publisher
-        outcome = Settlement(dead=list(batch.refused))
-        started = time.monotonic()
-        try:
-            results = (
-                await publisher.publish(batch.messages, one_by_one=batch.suspect)
-                if batch.messages
-                else []
-            )
-        except TransientError as exc:
-            self.metrics.publish_failed(batch)
-            outcome.release.extend(row.id for row in batch.sendable)
-            outcome.trouble = str(exc)
-            return outcome
-        now = time.time()
-        self.metrics.published(batch, results, now=now, seconds=time.monotonic() - started)
-        unreachable = 0
-        why = ""
-        for row, result in zip(batch.sendable, results, strict=True):
-            if result.outcome is Outcome.STORED:
-                self.stats.published += 1
-                outcome.acked.append(row.id)
-            elif result.outcome is Outcome.DUPLICATE:
-                self.stats.duplicates += 1
-                outcome.acked.append(row.id)
-            elif result.outcome is Outcome.UNREACHABLE:
-                unreachable += 1
-                why = why or result.detail
-                outcome.release.append(row.id)
-            elif result.outcome is Outcome.REJECTED:
-                outcome.dead.append(store.Failure(row.id, result.detail))
-            else:
-                at = retry_at(
-                    row.attempts + 1,
-                    now=now,
-                    base=self.config.retry_base,
-                    cap=self.config.retry_cap,
-                )
-                outcome.retry.append(store.Failure(row.id, result.detail, at))
-        self.stats.batches += 1
-        if unreachable:
-            outcome.trouble = f"{unreachable} messages not stored, e.g. {why}"
-            self._link.stream_unsure()
-        return outcome
-
-    def _record(self, settlement: Settlement) -> None:
-        """Count and log a settlement once it is committed."""
-        self.stats.retried += len(settlement.retry)
-        self.stats.dead += len(settlement.dead)
-        self.metrics.dead_lettered(len(settlement.dead))
-        self.stats.released += len(settlement.release)
-        for failure in settlement.dead:
-            logger.error(
-                "row %s dead: %s",
-                failure.id,
-                failure.reason,
-                extra={"action": "dead_lettered", "row_id": failure.id},
-            )
-        if settlement.retry:
-            self.stats.last_error = settlement.retry[-1].reason
-            logger.warning(
-                "%d rows will be retried later, e.g. %s",
-                len(settlement.retry),
-                settlement.retry[-1].reason,
-                extra={"action": "rows_retry_later"},
-            )
-
     # -- store, shutdown --------------------------------------------------------------
 
     async def _note_stream(self) -> None:
         """Tell ``usage-shipper status`` what can lose events on the stream, on change."""
-        choice = self._link.stream
+        choice = self.link.stream
         text = choice.risk_text if choice is not None else ""
         if text == self._noted_stream_risk:
             return
@@ -590,6 +374,15 @@ class Shipper:
                 db=self._db,
             )
             self._tidier = Tidier(self.config, self.engine, self._db, self.stats)
+            self._pipeline = Pipeline(
+                self.config,
+                db=self._db,
+                link=self.link,
+                owner=self.owner,
+                stats=self.stats,
+                metrics=self.metrics,
+                stopping=self._stop.is_set,
+            )
         announced = False
         while True:
             try:
@@ -624,13 +417,13 @@ class Shipper:
     async def _shutdown(self) -> None:
         if self._noting is not None:
             await asyncio.gather(self._noting, return_exceptions=True)
-        await self._link.close()
+        await self.link.close()
         if self._db is not None:
-            if not self._outcome_unknown:
-                # Every row handed out has its outcome: write what is still held back (the
-                # last short batch's acks), with nothing left in flight.
-                with contextlib.suppress(SQLAlchemyError):
-                    await self._commit(span=None)
+            if self._pipeline is not None:
+                # Write what is still held back (the last batches' acks); a batch whose
+                # outcome is unknown stays recorded in flight, to be charged an attempt.
+                with contextlib.suppress(SQLAlchemyError, LeaseLost):
+                    await self._pipeline.settle_all()
             await self._db.close()
         if self._engine is not None:
             if self._lease is not None:
@@ -677,3 +470,9 @@ def _exists(path: str) -> bool:
 
 def _absolute(path: str) -> Path:
     return Path(path).resolve()
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
