@@ -195,22 +195,6 @@ def bury(conn: sa.Connection, rows: Sequence[OutboxRow], *, max_attempts: int) -
         )
 
 
-def claim(
-    conn: sa.Connection, *, now: float, limit: int, max_attempts: int, after: int = 0
-) -> Claim:
-    """:func:`due_rows`, :func:`plan_claim` and :func:`bury` in one go (for callers that
-    read and write in one transaction).
-
-    The claim itself writes nothing per row: the caller records the claimed range with
-    :func:`set_in_flight`, and attempts are counted from it (:func:`recover_in_flight`)
-    only if the shipper dies before settling.
-    """
-    candidates = due_rows(conn, now=now, limit=limit, after=after)
-    planned = plan_claim(candidates, limit=limit, max_attempts=max_attempts)
-    bury(conn, planned.buried, max_attempts=max_attempts)
-    return planned
-
-
 def set_in_flight(
     conn: sa.Connection,
     *,

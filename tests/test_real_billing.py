@@ -242,7 +242,7 @@ async def test_a_stream_note_that_cannot_be_written_does_not_stop_the_shipper(
         shipper_config(tmp_path / "outbox.db", "nats://127.0.0.1:1"),
         engine=create_outbox_engine(sqlite_url(broken)),
     )
-    shipper._link.stream = StreamChoice(
+    shipper.link.stream = StreamChoice(
         name="billing-stream", created=False, risks=("max_msgs",), risk_text="can lose events"
     )
     try:

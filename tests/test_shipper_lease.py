@@ -161,3 +161,36 @@ async def test_a_holder_not_provably_gone_is_waited_for(
     assert _records(caplog, "lease_wait") and not _records(caplog, "lease_taken_over")
     (taken,) = _records(caplog, "lease_taken")
     assert taken.created >= expires
+
+
+async def test_a_cli_shipper_whose_claim_finds_the_lease_taken_exits_1(
+    outbox_path: Path, nats_server: NatsServer, cli_processes: CliProcesses, tmp_path: Path
+) -> None:
+    """The drain's route to a lost lease (the keeper renews only every 20 s here): the
+    next claim after the lease was taken ends the process with the same exit code and
+    line as the keeper's route (tests/unit/test_lifecycle.py), and ships nothing more."""
+    await write_events(outbox_path, 10)
+    log = tmp_path / "shipper.log"
+    process = cli_processes.start(
+        "run",
+        env=shipper_env(
+            USAGE_OUTBOX_URL=str(outbox_path),
+            NATS_URL=nats_server.url,
+            SHIPPER_LEASE_TTL="60",
+            SHIPPER_BACKOFF_CAP="0.5",
+        ),
+        log_path=log,
+    )
+    await wait_until(lambda: pending(outbox_path) == 0, 15, message="it ships")
+    execute(
+        outbox_path,
+        "UPDATE usage_outbox_lease SET owner = 'another-host:1:thief', expires_at = ?",
+        time.time() + 600,
+    )
+    await write_events(outbox_path, 5)
+    await wait_until(lambda: process.poll() is not None, 15, message="the shipper exits")
+    assert process.returncode == 1
+    lines = log.read_text().splitlines()
+    assert "usage-shipper: lost the outbox lease to another shipper; stopping" in lines
+    assert pending(outbox_path) == 5  # left for the lease's new holder
+    assert len(await read_stream(nats_server.url)) == 10
