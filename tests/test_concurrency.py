@@ -28,7 +28,7 @@ from outbox import Outbox, record_usage
 from outbox.sqlite import create_outbox_engine, sqlite_url
 from shipper import Shipper, ShipperConfig
 from shipper.testing import InMemoryLink
-from tests.fixtures.shipper import wait_until
+from usage_demo.waiting import wait_until
 
 WRITERS = 4
 PER_WRITER = 2_000

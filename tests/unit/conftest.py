@@ -38,7 +38,7 @@ def _no_nats_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(subprocess, "Popen", _NoNatsServerPopen)
     monkeypatch.setenv("NATS_SERVER_BIN", "/nonexistent/the-unit-tier-has-no-nats-server")
     # The integration tier's plugins may have loaded the runner: disarm it where it is.
-    for name in ("usage_demo.natsserver", "tests.fixtures.nats"):
+    for name in ("usage_demo.natsserver", "usage_demo.natscluster", "tests.fixtures.nats"):
         module = sys.modules.get(name)
         if module is None:
             continue

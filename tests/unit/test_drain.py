@@ -18,10 +18,10 @@ from tests.fixtures.shipper import (
     outbox_counts,
     outbox_rows,
     set_in_flight,
-    wait_until,
     write_events,
 )
 from tests.unit.helpers import lease_row, ship, unit_config
+from usage_demo.waiting import wait_until
 
 # -- batching and settlement -------------------------------------------------------------
 

@@ -16,8 +16,9 @@ from shipper import Shipper
 from shipper.errors import LeaseLost, SideTaskDied
 from shipper.lease import LEASE_LOST
 from shipper.testing import InMemoryLink
-from tests.fixtures.shipper import REPO, shipper_env, wait_until, wait_until_sync, write_events
+from tests.fixtures.shipper import REPO, shipper_env, write_events
 from tests.unit.helpers import NO_NATS, lease_row, steal_lease, unit_config
+from usage_demo.waiting import wait_until, wait_until_sync
 
 
 def _holds_lease(path: Path, shipper: Shipper) -> bool:

@@ -16,7 +16,7 @@ from tests.unit.conftest import NO_SERVER
 UNIT = Path(__file__).parent
 OURS = ("tests", "shipper", "outbox", "usage_runtime", "usage_demo", "billing")
 #: Modules that find, start or wrap a nats-server.
-FORBIDDEN = {"usage_demo.natsserver", "tests.fixtures.nats"}
+FORBIDDEN = {"usage_demo.natsserver", "usage_demo.natscluster", "tests.fixtures.nats"}
 
 
 def _imports(path: Path) -> set[str]:
