@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -192,9 +193,21 @@ def resolve(
     return values
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, but a line of help never breaks inside a flag's name: a
+    reader should be able to copy ``--exit-when-idle`` from the page, not ``--exit-``."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the project's one-line errors (``prog: what is wrong (see --help)``)
     and exit code 2. Sub-commands made with ``add_subparsers`` are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         name = self.prog.split()[0]
