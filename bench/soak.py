@@ -31,9 +31,9 @@ from pathlib import Path
 
 from bench.faults.billing_scale_out import scenario_billing_scale_out
 from bench.faults.crash_loops import scenario_billing_crash_loop, scenario_shipper_crash_loop
-from bench.faults.harness import ScenarioResult
 from bench.faults.many_writers import scenario_many_writers
 from bench.faults.nats_outage import scenario_nats_freeze, scenario_nats_outage
+from bench.faults.results import ScenarioResult
 from bench.postgres import DEFAULT_POSTGRES, throwaway_postgres
 
 Scenario = Callable[[Path, float, int], ScenarioResult]

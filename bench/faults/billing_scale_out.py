@@ -29,16 +29,10 @@ import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from bench.faults.harness import (
-    Proc,
-    ScenarioResult,
-    Workspace,
-    check_writers,
-    consumer_deliveries,
-    timed,
-)
-from bench.faults.helpers import billing_counters
-from usage_demo.natsserver import NatsServer
+from bench.faults.harness import staged
+from bench.faults.helpers import billing_counters, consumer_deliveries
+from bench.faults.procs import Proc
+from bench.faults.results import ScenarioResult, check_clean_stops, check_writers, timed
 from usage_demo.waiting import wait_until_sync
 
 
@@ -113,73 +107,65 @@ def scenario_billing_scale_out(
     ``replays`` messages of the stream published again under fresh ids."""
     seed = random.randrange(2**32) if seed is None else seed
     rng = random.Random(seed)
-    with timed() as elapsed, Workspace(root, billing_url=postgres_url) as ws:
-        nats_server = NatsServer(root / "nats", binary=binary).start()
-        try:
-            ws.set_prices()
-            shipper = ws.shipper(nats_server.url)
-            billing = [
-                ws.billing(nats_server.url, name=f"billing-{n}", ack_wait=2.0)
-                for n in range(consumers)
-            ]
-            per_writer = events // writers
-            group = ws.writers(writers, events=per_writer, rate=per_writer / write_seconds)
-            made = 0
-            replayed = 0
-            stream = ""  # found once the shipper created it and holds ``replays`` messages
-
-            # Kills go on while the writers write, and until ``kills`` were made.
-            while group.running or made < kills:
-                time.sleep(rng.uniform(*kill_every))  # the fault schedule, not a sync
-                victim = rng.choice(billing)
-                if not victim.running:
-                    raise AssertionError(f"{victim.name} exited:\n{victim.log_text()[-3000:]}")
-                victim.kill()
-                made += 1
-                victim.start()
-                found = asyncio.run(_usage_stream(nats_server.url)) if not stream else None
-                if found is not None and found[1] >= replays:
-                    stream = found[0]
-                    replayed = asyncio.run(_replay(nats_server.url, stream, replays))
-            results = group.wait(60)
-            written = sum(r.written for r in results)
-            ws.wait_settled(written, timeout=120)
-            for proc in billing:  # the last restarts must come up and stop cleanly
-                wait_until_sync(
-                    _consuming(proc), 30, message=f"{proc.name} consuming", interval=0.05
-                )
-            settled = elapsed()
-            found = asyncio.run(_usage_stream(nats_server.url))
-            assert found is not None, "no stream was ever created"
-            stream = found[0]
-            deliveries, stream_seq = consumer_deliveries(nats_server.url, stream)
-            shipper_exit = shipper.stop()
-            billing_exits = [proc.stop() for proc in billing]
-            report = ws.audit(nats_server.url, replays=replayed, stream=stream)
-            audited = elapsed()
-        finally:
-            nats_server.stop()
-        counters: dict[str, int] = {}
-        for proc in billing:
-            for key, value in billing_counters(proc.log_text()).items():
-                counters[key] = counters.get(key, 0) + value
-        notes = [
-            f"seed {seed}; {writers} writers, {per_writer} events each; {consumers} billing "
-            f"processes on one durable, PostgreSQL",
-            f"billing SIGKILLed {made} times (a random one of {consumers}), restarted each "
-            f"time; {replayed} messages replayed under fresh ids; the durable made "
-            f"{deliveries} deliveries for {stream_seq} stream messages",
-            f"clean stops' counters (killed runs print none): {json.dumps(counters)}",
-            f"exit codes after SIGTERM: shipper {shipper_exit}, billing {billing_exits}",
-            f"timeline: all billed at {settled:.1f} s, audited at {audited:.1f} s",
+    with (
+        timed() as elapsed,
+        staged(root, binary=binary, billing_url=postgres_url) as (ws, nats_server),
+    ):
+        shipper = ws.shipper(nats_server.url)
+        billing = [
+            ws.billing(nats_server.url, name=f"billing-{n}", ack_wait=2.0) for n in range(consumers)
         ]
-        result = ScenarioResult("10 billing scale-out", report, made, elapsed(), notes)
+        per_writer = events // writers
+        group = ws.writers(writers, events=per_writer, rate=per_writer / write_seconds)
+        made = 0
+        replayed = 0
+        stream = ""  # found once the shipper created it and holds ``replays`` messages
+
+        # Kills go on while the writers write, and until ``kills`` were made.
+        while group.running or made < kills:
+            time.sleep(rng.uniform(*kill_every))  # the fault schedule, not a sync
+            victim = rng.choice(billing)
+            if not victim.running:
+                raise AssertionError(f"{victim.name} exited:\n{victim.log_text()[-3000:]}")
+            victim.kill()
+            made += 1
+            victim.start()
+            found = asyncio.run(_usage_stream(nats_server.url)) if not stream else None
+            if found is not None and found[1] >= replays:
+                stream = found[0]
+                replayed = asyncio.run(_replay(nats_server.url, stream, replays))
+        results = group.wait(60)
+        written = sum(r.written for r in results)
+        ws.wait_settled(written, timeout=120)
+        for proc in billing:  # the last restarts must come up and stop cleanly
+            wait_until_sync(_consuming(proc), 30, message=f"{proc.name} consuming", interval=0.05)
+        settled = elapsed()
+        found = asyncio.run(_usage_stream(nats_server.url))
+        assert found is not None, "no stream was ever created"
+        stream = found[0]
+        deliveries, stream_seq = consumer_deliveries(nats_server.url, stream)
+        shipper_exit = shipper.stop()
+        billing_exits = [proc.stop() for proc in billing]
+        report = ws.audit(nats_server.url, replays=replayed, stream=stream)
+        audited = elapsed()
+    counters: dict[str, int] = {}
+    for proc in billing:
+        for key, value in billing_counters(proc.log_text()).items():
+            counters[key] = counters.get(key, 0) + value
+    notes = [
+        f"seed {seed}; {writers} writers, {per_writer} events each; {consumers} billing "
+        f"processes on one durable, PostgreSQL",
+        f"billing SIGKILLed {made} times (a random one of {consumers}), restarted each "
+        f"time; {replayed} messages replayed under fresh ids; the durable made "
+        f"{deliveries} deliveries for {stream_seq} stream messages",
+        f"clean stops' counters (killed runs print none): {json.dumps(counters)}",
+        f"exit codes after SIGTERM: shipper {shipper_exit}, billing {billing_exits}",
+        f"timeline: all billed at {settled:.1f} s, audited at {audited:.1f} s",
+    ]
+    result = ScenarioResult("10 billing scale-out", report, made, elapsed(), notes)
     check_writers(result, results)
     result.check(made >= kills, f"only {made} SIGKILLs, {kills} asked for")
     result.check(not replays or replayed == replays, f"{replayed} of {replays} replays stored")
-    result.check(
-        shipper_exit == 0 and all(code == 0 for code in billing_exits),
-        "a clean stop did not exit 0",
-    )
+    check_clean_stops(result, shipper_exit, *billing_exits)
     result.check(report.stream_messages == written + replayed, "stream holds what was sent")
     return result

@@ -14,17 +14,16 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from bench.faults.harness import (
+from bench.faults.harness import staged
+from bench.faults.helpers import consumer_deliveries, in_flight_recoveries
+from bench.faults.procs import crash_loop
+from bench.faults.results import (
     ScenarioResult,
-    Workspace,
+    check_clean_stops,
     check_publish_mode,
     check_writers,
-    consumer_deliveries,
-    crash_loop,
-    in_flight_recoveries,
     timed,
 )
-from usage_demo.natsserver import NatsServer
 
 
 def scenario_shipper_crash_loop(
@@ -43,49 +42,44 @@ def scenario_shipper_crash_loop(
     ``batch_publish``: fast-ingest batches (False: one PubAck per message)."""
     seed = random.randrange(2**32) if seed is None else seed
     rng = random.Random(seed)
-    with timed() as elapsed, Workspace(root) as ws:
-        nats = NatsServer(root / "nats", binary=binary).start()
-        try:
-            ws.set_prices()
-            shipper = ws.shipper(nats.url, batch_publish=batch_publish)
-            billing = ws.billing(nats.url)
-            per_writer = events // writers
-            group = ws.writers(writers, events=per_writer, rate=per_writer / write_seconds)
-            made = crash_loop(
-                shipper,
-                kills=kills,
-                rng=rng,
-                ready=lambda: "holding the outbox lease" in shipper.log_since_start(),
-                delay=(0.0, 0.6),
-                keep_going=lambda: group.running,
-            )
-            loop_done = elapsed()
-            results = group.wait(60)
-            written = sum(r.written for r in results)
-            ws.wait_settled(written, timeout=120)
-            settled = elapsed()
-            shipper_exit = shipper.stop()
-            billing_exit = billing.stop()
-            report = ws.audit(nats.url)
-            audited = elapsed()
-        finally:
-            nats.stop()
-        recovered, rows = in_flight_recoveries(shipper.log_text())
-        notes = [
-            f"seed {seed}; {writers} writer processes, {per_writer} events each, "
-            f"{per_writer / write_seconds:.0f}/s each",
-            f"writers: {written} committed, {sum(r.errors for r in results)} errors reached them",
-            f"shipper SIGKILLed {made} times and restarted each time; {recovered} restarts "
-            f"found rows in flight ({rows} rows counted an attempt)",
-            f"exit codes after SIGTERM: shipper {shipper_exit}, billing {billing_exit}",
-            f"timeline: crash loop done at {loop_done:.1f} s, all billed at {settled:.1f} s, "
-            f"audited at {audited:.1f} s",
-        ]
-        result = ScenarioResult("1 shipper crash loop", report, made, elapsed(), notes)
+    with timed() as elapsed, staged(root, binary=binary) as (ws, nats):
+        shipper = ws.shipper(nats.url, batch_publish=batch_publish)
+        billing = ws.billing(nats.url)
+        per_writer = events // writers
+        group = ws.writers(writers, events=per_writer, rate=per_writer / write_seconds)
+        made = crash_loop(
+            shipper,
+            kills=kills,
+            rng=rng,
+            ready=lambda: "holding the outbox lease" in shipper.log_since_start(),
+            delay=(0.0, 0.6),
+            keep_going=lambda: group.running,
+        )
+        loop_done = elapsed()
+        results = group.wait(60)
+        written = sum(r.written for r in results)
+        ws.wait_settled(written, timeout=120)
+        settled = elapsed()
+        shipper_exit = shipper.stop()
+        billing_exit = billing.stop()
+        report = ws.audit(nats.url)
+        audited = elapsed()
+    recovered, rows = in_flight_recoveries(shipper.log_text())
+    notes = [
+        f"seed {seed}; {writers} writer processes, {per_writer} events each, "
+        f"{per_writer / write_seconds:.0f}/s each",
+        f"writers: {written} committed, {sum(r.errors for r in results)} errors reached them",
+        f"shipper SIGKILLed {made} times and restarted each time; {recovered} restarts "
+        f"found rows in flight ({rows} rows counted an attempt)",
+        f"exit codes after SIGTERM: shipper {shipper_exit}, billing {billing_exit}",
+        f"timeline: crash loop done at {loop_done:.1f} s, all billed at {settled:.1f} s, "
+        f"audited at {audited:.1f} s",
+    ]
+    result = ScenarioResult("1 shipper crash loop", report, made, elapsed(), notes)
     check_writers(result, results)
     check_publish_mode(result, shipper.log_text(), batch_publish)
     result.check(made >= kills, f"only {made} SIGKILLs, {kills} asked for")
-    result.check(shipper_exit == 0 and billing_exit == 0, "a clean stop did not exit 0")
+    check_clean_stops(result, shipper_exit, billing_exit)
     return result
 
 
@@ -103,45 +97,40 @@ def scenario_billing_crash_loop(
     (before, during and after its batch commits) while events flow."""
     seed = random.randrange(2**32) if seed is None else seed
     rng = random.Random(seed)
-    with timed() as elapsed, Workspace(root) as ws:
-        nats = NatsServer(root / "nats", binary=binary).start()
-        try:
-            ws.set_prices()
-            shipper = ws.shipper(nats.url)
-            billing = ws.billing(nats.url, ack_wait=2.0, batch_size=256)
-            per_writer = events // writers
-            group = ws.writers(writers, events=per_writer, rate=per_writer / write_seconds)
-            made = crash_loop(
-                billing,
-                kills=kills,
-                rng=rng,
-                ready=lambda: "consuming" in billing.log_since_start(),
-                delay=(0.0, 1.0),
-            )
-            loop_done = elapsed()
-            results = group.wait(60)
-            written = sum(r.written for r in results)
-            ws.wait_settled(written, timeout=120)
-            settled = elapsed()
-            deliveries, stream_seq = consumer_deliveries(nats.url)
-            shipper_exit = shipper.stop()
-            billing_exit = billing.stop()
-            report = ws.audit(nats.url)
-            audited = elapsed()
-        finally:
-            nats.stop()
-        notes = [
-            f"seed {seed}; {writers} writer processes, {per_writer} events each",
-            f"writers: {written} committed, {sum(r.errors for r in results)} errors",
-            f"billing SIGKILLed {made} times and restarted each time; the durable consumer "
-            f"made {deliveries} deliveries for {stream_seq} stream messages "
-            f"({deliveries - stream_seq} redeliveries)",
-            f"exit codes after SIGTERM: shipper {shipper_exit}, billing {billing_exit}",
-            f"timeline: crash loop done at {loop_done:.1f} s, all billed at {settled:.1f} s, "
-            f"audited at {audited:.1f} s",
-        ]
-        result = ScenarioResult("5 billing consumer crash loop", report, made, elapsed(), notes)
+    with timed() as elapsed, staged(root, binary=binary) as (ws, nats):
+        shipper = ws.shipper(nats.url)
+        billing = ws.billing(nats.url, ack_wait=2.0, batch_size=256)
+        per_writer = events // writers
+        group = ws.writers(writers, events=per_writer, rate=per_writer / write_seconds)
+        made = crash_loop(
+            billing,
+            kills=kills,
+            rng=rng,
+            ready=lambda: "consuming" in billing.log_since_start(),
+            delay=(0.0, 1.0),
+        )
+        loop_done = elapsed()
+        results = group.wait(60)
+        written = sum(r.written for r in results)
+        ws.wait_settled(written, timeout=120)
+        settled = elapsed()
+        deliveries, stream_seq = consumer_deliveries(nats.url)
+        shipper_exit = shipper.stop()
+        billing_exit = billing.stop()
+        report = ws.audit(nats.url)
+        audited = elapsed()
+    notes = [
+        f"seed {seed}; {writers} writer processes, {per_writer} events each",
+        f"writers: {written} committed, {sum(r.errors for r in results)} errors",
+        f"billing SIGKILLed {made} times and restarted each time; the durable consumer "
+        f"made {deliveries} deliveries for {stream_seq} stream messages "
+        f"({deliveries - stream_seq} redeliveries)",
+        f"exit codes after SIGTERM: shipper {shipper_exit}, billing {billing_exit}",
+        f"timeline: crash loop done at {loop_done:.1f} s, all billed at {settled:.1f} s, "
+        f"audited at {audited:.1f} s",
+    ]
+    result = ScenarioResult("5 billing consumer crash loop", report, made, elapsed(), notes)
     check_writers(result, results)
     result.check(made >= kills, f"only {made} SIGKILLs, {kills} asked for")
-    result.check(shipper_exit == 0 and billing_exit == 0, "a clean stop did not exit 0")
+    check_clean_stops(result, shipper_exit, billing_exit)
     return result

@@ -1,7 +1,6 @@
-"""Helpers for scenarios 4, 7, 8, 9 and 10 beyond :mod:`bench.faults.harness`.
+"""Reading and poking the broker, the outbox and the logs from outside, for the fault
+scenarios (the workspace, :mod:`bench.faults.harness`, starts the processes).
 
-* :func:`shipper_proc`: ``python -m shipper run`` with flags the harness does not pass
-  (``--replicas``, ``--consul-host``, ``--duplicate-window``, ``--parse-payloads``...).
 * :func:`stream_info`: a stream's info through any reachable node, or None while JetStream
   does not answer (a leader election).
 * :func:`publish_as_shipper`: publish outbox rows the way the shipper does (subject,
@@ -10,6 +9,8 @@
 * :func:`billing_counters`: the counters the billing consumer logs when it stops.
 * :func:`outbox_sql`: run SQL on the outbox through a plain ``sqlite3`` connection, as an
   operator (or a bad restore) would.
+* :func:`consumer_deliveries`: deliveries made by billing's durable consumer.
+* :func:`count_lines`, :func:`in_flight_recoveries`: what a process's log says.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import asyncio
 import json
 import re
 import sqlite3
-import sys
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
@@ -28,25 +28,7 @@ import nats
 import nats.errors
 from nats.js.api import StreamInfo
 
-from bench.faults.harness import SHIPPER_DEFAULTS, Proc, Workspace, _settings_env, clean_env
 from outbox.stream_spec import DEFAULT_STREAM
-
-
-def shipper_proc(
-    ws: Workspace,
-    nats_url: str,
-    *,
-    flags: Sequence[str] = (),
-    name: str = "shipper",
-    start: bool = True,
-    **settings: object,
-) -> Proc:
-    """The shipper CLI on ``ws``'s outbox with extra command-line ``flags``; keywords are
-    ``SHIPPER_*`` settings over the harness defaults."""
-    env = clean_env(NATS_URL=nats_url, USAGE_OUTBOX_URL=str(ws.outbox_path))
-    env.update(_settings_env("SHIPPER_", {**SHIPPER_DEFAULTS, **settings}))
-    proc = ws.proc(name, [sys.executable, "-m", "shipper", "run", *flags], env)
-    return proc.start() if start else proc
 
 
 async def _stream_info(urls: Sequence[str], stream: str, wait: float) -> StreamInfo | None:
@@ -132,3 +114,31 @@ def billing_counters(log: str) -> dict[str, int]:
             key = name.strip().replace(" ", "_")
             totals[key] = totals.get(key, 0) + int(value)
     return totals
+
+
+def consumer_deliveries(
+    nats_url: str, stream: str = DEFAULT_STREAM, durable: str = "billing"
+) -> tuple[int, int]:
+    """(deliveries made, last stream sequence delivered) of billing's durable consumer:
+    the difference is the number of redeliveries."""
+    import nats
+
+    async def read() -> tuple[int, int]:
+        client = await nats.connect(nats_url, connect_timeout=2)
+        try:
+            info = await client.jetstream().consumer_info(stream, durable)
+            return int(info.delivered.consumer_seq or 0), int(info.delivered.stream_seq or 0)
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
+def count_lines(text: str, pattern: str) -> int:
+    return len(re.findall(pattern, text))
+
+
+def in_flight_recoveries(shipper_log: str) -> tuple[int, int]:
+    """(restarts that found rows in flight, rows counted) from a shipper's log."""
+    found = [int(n) for n in re.findall(r"stopped with (\d+) rows in flight", shipper_log)]
+    return len(found), sum(found)

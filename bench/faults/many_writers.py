@@ -14,8 +14,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from bench.faults.harness import ScenarioResult, Workspace, check_writers, timed
-from usage_demo.natsserver import NatsServer
+from bench.faults.harness import staged
+from bench.faults.results import ScenarioResult, check_clean_stops, check_writers, timed
 
 
 def _business_rows(path: Path) -> int:
@@ -31,41 +31,36 @@ def scenario_many_writers(
     binary: str | None = None,
 ) -> ScenarioResult:
     """Scenario 6: ``writers`` processes write ``events`` each, flat out, on a fresh file."""
-    with timed() as elapsed, Workspace(root) as ws:
-        nats = NatsServer(root / "nats", binary=binary).start()
-        try:
-            ws.set_prices()
-            billing = ws.billing(nats.url)
-            assert not ws.outbox_path.exists()
-            group = ws.writers(writers, events=events, api=["outbox", "session"], concurrency=4)
-            shipper = ws.shipper(nats.url)
-            results = group.wait(180)
-            written = sum(r.written for r in results)
-            ws.wait_settled(written, timeout=120)
-            shipper_exit = shipper.stop()
-            billing_exit = billing.stop()
-            report = ws.audit(nats.url)
-            business = _business_rows(ws.outbox_path)
-        finally:
-            nats.stop()
-        slowest = max(r.finished_at - r.started_at for r in results)
-        locked = sum(r.locked_errors for r in results)
-        session_events = sum(r.written for r in results if r.api == "session")
-        result = ScenarioResult("6 many writers", report, 0, elapsed())
-        result.notes += [
-            f"{writers} writer processes started together on a fresh outbox file "
-            f"({writers // 2} Outbox, {writers - writers // 2} record_usage in a session), "
-            f"{events} events each, flat out, beside a running shipper",
-            f"committed {written} of {writers * events} in {slowest:.1f} s "
-            f"({written / slowest:.0f} events/s); 'database is locked' errors: {locked}",
-            f"business rows {business} for {session_events} session-written events",
-            f"shipper/billing exit codes {shipper_exit}/{billing_exit}",
-        ]
-        check_writers(result, results)
-        result.check(locked == 0, f"{locked} 'database is locked' errors reached the writers")
-        for r in results:
-            result.check(r.written == events, f"writer {r.writer} committed {r.written}/{events}")
-        result.check(business == session_events, "business rows != session-written events")
-        result.check(report.written == writers * events, "the audit did not see every event")
-        result.check(shipper_exit == 0 and billing_exit == 0, "a clean stop did not exit 0")
+    with timed() as elapsed, staged(root, binary=binary) as (ws, nats):
+        billing = ws.billing(nats.url)
+        assert not ws.outbox_path.exists()
+        group = ws.writers(writers, events=events, api=["outbox", "session"], concurrency=4)
+        shipper = ws.shipper(nats.url)
+        results = group.wait(180)
+        written = sum(r.written for r in results)
+        ws.wait_settled(written, timeout=120)
+        shipper_exit = shipper.stop()
+        billing_exit = billing.stop()
+        report = ws.audit(nats.url)
+        business = _business_rows(ws.outbox_path)
+    slowest = max(r.finished_at - r.started_at for r in results)
+    locked = sum(r.locked_errors for r in results)
+    session_events = sum(r.written for r in results if r.api == "session")
+    result = ScenarioResult("6 many writers", report, 0, elapsed())
+    result.notes += [
+        f"{writers} writer processes started together on a fresh outbox file "
+        f"({writers // 2} Outbox, {writers - writers // 2} record_usage in a session), "
+        f"{events} events each, flat out, beside a running shipper",
+        f"committed {written} of {writers * events} in {slowest:.1f} s "
+        f"({written / slowest:.0f} events/s); 'database is locked' errors: {locked}",
+        f"business rows {business} for {session_events} session-written events",
+        f"shipper/billing exit codes {shipper_exit}/{billing_exit}",
+    ]
+    check_writers(result, results)
+    result.check(locked == 0, f"{locked} 'database is locked' errors reached the writers")
+    for r in results:
+        result.check(r.written == events, f"writer {r.writer} committed {r.written}/{events}")
+    result.check(business == session_events, "business rows != session-written events")
+    result.check(report.written == writers * events, "the audit did not see every event")
+    check_clean_stops(result, shipper_exit, billing_exit)
     return result

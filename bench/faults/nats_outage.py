@@ -18,17 +18,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.faults.harness import (
+from bench.faults.harness import staged
+from bench.faults.helpers import count_lines
+from bench.faults.results import (
     ScenarioResult,
-    Workspace,
-    WriterResult,
+    check_clean_stops,
     check_publish_mode,
     check_writers,
-    count_lines,
     percentile,
     timed,
 )
-from usage_demo.natsserver import NatsServer
+from bench.faults.writer import WriterResult
 from usage_demo.waiting import wait_until_sync
 
 #: The issue's outage is 30 s; CI uses this and prints that it did.
@@ -68,77 +68,70 @@ def scenario_nats_outage(
     """Scenario 2: stop NATS for ``outage`` s while ``writers`` processes (half through
     ``Outbox``, half through ``record_usage`` in a session) write ``rate`` events/s each.
     ``crash``: SIGKILL the server instead of stopping it (no clean shutdown)."""
-    with timed() as elapsed, Workspace(root) as ws:
-        nats = NatsServer(root / "nats", binary=binary).start()
-        try:
-            ws.set_prices()
-            shipper = ws.shipper(nats.url, batch_publish=batch_publish)
-            billing = ws.billing(nats.url)
-            warm_up = 3.0  # process start-up; excluded from the latency windows
-            per_writer = int(rate * (warm_up + before + outage + after))
-            group = ws.writers(
-                writers, events=per_writer, rate=rate, api=["outbox", "session"], concurrency=4
-            )
-            wait_until_sync(
-                lambda: ws.billed() > 0, 30, message="first events billed", interval=0.05
-            )
-            # The fault schedule: a stretch of normal traffic, then the outage itself.
-            measure_from = time.time()
-            time.sleep(before)
-            stopped_at = time.time()
-            if crash:
-                nats.kill()
-            else:
-                nats.stop()
-            time.sleep(outage)
-            backlog = ws.pending()
-            restarted_at = time.time()
-            nats.start()
-            back = elapsed()
-            results = group.wait(outage + 120)
-            written = sum(r.written for r in results)
-            ws.wait_settled(written, timeout=120)
-            settled = elapsed()
-            shipper_exit = shipper.stop()
-            billing_exit = billing.stop()
-            report = ws.audit(nats.url)
-        finally:
+    with timed() as elapsed, staged(root, binary=binary) as (ws, nats):
+        shipper = ws.shipper(nats.url, batch_publish=batch_publish)
+        billing = ws.billing(nats.url)
+        warm_up = 3.0  # process start-up; excluded from the latency windows
+        per_writer = int(rate * (warm_up + before + outage + after))
+        group = ws.writers(
+            writers, events=per_writer, rate=rate, api=["outbox", "session"], concurrency=4
+        )
+        wait_until_sync(lambda: ws.billed() > 0, 30, message="first events billed", interval=0.05)
+        # The fault schedule: a stretch of normal traffic, then the outage itself.
+        measure_from = time.time()
+        time.sleep(before)
+        stopped_at = time.time()
+        if crash:
+            nats.kill()
+        else:
             nats.stop()
-        name = "2 NATS outage" + (" (SIGKILL)" if crash else "")
-        result = ScenarioResult(name, report, 1, elapsed())
-        result.notes += [
-            f"NATS {'SIGKILLed' if crash else 'stopped'} for {outage:.0f} s"
-            + (" (the issue's 30 s, shortened for CI; the soak runs 30 s+)" if outage < 30 else ""),
-            f"{writers} writer processes at {rate:.0f} events/s each; "
-            f"{written} committed; {backlog} rows waiting in the outbox when NATS came back",
-            f"everything shipped and billed {settled - back:.1f} s after NATS was back; "
-            f"shipper/billing exit codes {shipper_exit}/{billing_exit}",
-        ]
-        check_writers(result, results)
-        check_publish_mode(result, shipper.log_text(), batch_publish)
-        result.check(backlog > 0, "nothing piled up during the outage: was NATS really down?")
-        result.check(shipper_exit == 0 and billing_exit == 0, "a clean stop did not exit 0")
-        for api in ("outbox", "session", None):
-            before_ms = _latencies(results, api, measure_from, stopped_at)
-            during_ms = _latencies(results, api, stopped_at, restarted_at)
-            name = api or "all"
-            if not before_ms or not during_ms:
-                result.check(False, f"{name}: no writes measured before or during the outage")
-                continue
-            b50, b99 = percentile(before_ms, 50), percentile(before_ms, 99)
-            d50, d99 = percentile(during_ms, 50), percentile(during_ms, 99)
-            result.notes.append(
-                f"write latency ({name}): before p50 {b50 * 1e3:.2f} ms p99 {b99 * 1e3:.2f} ms "
-                f"({len(before_ms)} writes); during p50 {d50 * 1e3:.2f} ms "
-                f"p99 {d99 * 1e3:.2f} ms ({len(during_ms)} writes); "
-                f"bounds {_bound(b50) * 1e3:.2f} / {_bound(b99) * 1e3:.2f} ms"
+        time.sleep(outage)
+        backlog = ws.pending()
+        restarted_at = time.time()
+        nats.start()
+        back = elapsed()
+        results = group.wait(outage + 120)
+        written = sum(r.written for r in results)
+        ws.wait_settled(written, timeout=120)
+        settled = elapsed()
+        shipper_exit = shipper.stop()
+        billing_exit = billing.stop()
+        report = ws.audit(nats.url)
+    name = "2 NATS outage" + (" (SIGKILL)" if crash else "")
+    result = ScenarioResult(name, report, 1, elapsed())
+    result.notes += [
+        f"NATS {'SIGKILLed' if crash else 'stopped'} for {outage:.0f} s"
+        + (" (the issue's 30 s, shortened for CI; the soak runs 30 s+)" if outage < 30 else ""),
+        f"{writers} writer processes at {rate:.0f} events/s each; "
+        f"{written} committed; {backlog} rows waiting in the outbox when NATS came back",
+        f"everything shipped and billed {settled - back:.1f} s after NATS was back; "
+        f"shipper/billing exit codes {shipper_exit}/{billing_exit}",
+    ]
+    check_writers(result, results)
+    check_publish_mode(result, shipper.log_text(), batch_publish)
+    result.check(backlog > 0, "nothing piled up during the outage: was NATS really down?")
+    check_clean_stops(result, shipper_exit, billing_exit)
+    for api in ("outbox", "session", None):
+        before_ms = _latencies(results, api, measure_from, stopped_at)
+        during_ms = _latencies(results, api, stopped_at, restarted_at)
+        name = api or "all"
+        if not before_ms or not during_ms:
+            result.check(False, f"{name}: no writes measured before or during the outage")
+            continue
+        b50, b99 = percentile(before_ms, 50), percentile(before_ms, 99)
+        d50, d99 = percentile(during_ms, 50), percentile(during_ms, 99)
+        result.notes.append(
+            f"write latency ({name}): before p50 {b50 * 1e3:.2f} ms p99 {b99 * 1e3:.2f} ms "
+            f"({len(before_ms)} writes); during p50 {d50 * 1e3:.2f} ms "
+            f"p99 {d99 * 1e3:.2f} ms ({len(during_ms)} writes); "
+            f"bounds {_bound(b50) * 1e3:.2f} / {_bound(b99) * 1e3:.2f} ms"
+        )
+        for label, b, d in (("p50", b50, d50), ("p99", b99, d99)):
+            result.check(
+                d <= _bound(b),
+                f"{name}: {label} during the outage {d * 1e3:.2f} ms is over the bound "
+                f"{_bound(b) * 1e3:.2f} ms (before {b * 1e3:.2f} ms)",
             )
-            for label, b, d in (("p50", b50, d50), ("p99", b99, d99)):
-                result.check(
-                    d <= _bound(b),
-                    f"{name}: {label} during the outage {d * 1e3:.2f} ms is over the bound "
-                    f"{_bound(b) * 1e3:.2f} ms (before {b * 1e3:.2f} ms)",
-                )
     return result
 
 
@@ -161,51 +154,42 @@ def scenario_nats_freeze(
     shipper's ``publish_timeout``), SIGCONT after each, while events keep coming."""
     seed = random.randrange(2**32) if seed is None else seed
     rng = random.Random(seed)
-    with timed() as elapsed, Workspace(root) as ws:
-        nats = NatsServer(root / "nats", binary=binary).start()
-        try:
-            ws.set_prices()
-            shipper = ws.shipper(
-                nats.url, publish_timeout=publish_timeout, batch_publish=batch_publish
-            )
-            billing = ws.billing(nats.url)
-            gap = (0.5, 1.5)
-            span = 3.0 + freezes * (freeze + gap[1]) + 1.0
-            group = ws.writers(writers, events=int(rate * span), rate=rate)
-            wait_until_sync(
-                lambda: ws.billed() > 0, 30, message="first events billed", interval=0.05
-            )
-            for _ in range(freezes):
-                time.sleep(rng.uniform(*gap))  # the fault schedule
-                nats.freeze()
-                time.sleep(freeze)
-                nats.thaw()
-            results = group.wait(120)
-            written = sum(r.written for r in results)
-            ws.wait_settled(written, timeout=120)
-            shipper_exit = shipper.stop()
-            billing_exit = billing.stop()
-            report = ws.audit(nats.url)
-        finally:
-            nats.stop()
-        log = shipper.log_text()
-        timeouts = count_lines(log, r"backing off: no PubAck")
-        stats = _STATS.search(log)
-        published, duplicates = (int(stats[1]), int(stats[2])) if stats else (0, 0)
-        result = ScenarioResult("3 NATS freeze", report, freezes, elapsed())
-        result.notes += [
-            f"seed {seed}; NATS frozen (SIGSTOP) {freezes} times for {freeze} s each, "
-            f"publish timeout {publish_timeout} s",
-            f"{writers} writer processes, {written} events committed",
-            f"shipper: {timeouts} periods of publishes timing out; "
-            f"{published} new messages stored, {duplicates} retries answered as duplicates "
-            "(timed out, yet stored)",
-            f"shipper/billing exit codes {shipper_exit}/{billing_exit}",
-        ]
-        check_writers(result, results)
-        check_publish_mode(result, log, batch_publish)
-        result.check(timeouts > 0, "no publish timed out: the freeze did not take effect")
-        result.check(stats is not None, "the shipper did not log its final counters")
-        result.check(duplicates > 0, "no retry came back as a duplicate")
-        result.check(shipper_exit == 0 and billing_exit == 0, "a clean stop did not exit 0")
+    with timed() as elapsed, staged(root, binary=binary) as (ws, nats):
+        shipper = ws.shipper(nats.url, publish_timeout=publish_timeout, batch_publish=batch_publish)
+        billing = ws.billing(nats.url)
+        gap = (0.5, 1.5)
+        span = 3.0 + freezes * (freeze + gap[1]) + 1.0
+        group = ws.writers(writers, events=int(rate * span), rate=rate)
+        wait_until_sync(lambda: ws.billed() > 0, 30, message="first events billed", interval=0.05)
+        for _ in range(freezes):
+            time.sleep(rng.uniform(*gap))  # the fault schedule
+            nats.freeze()
+            time.sleep(freeze)
+            nats.thaw()
+        results = group.wait(120)
+        written = sum(r.written for r in results)
+        ws.wait_settled(written, timeout=120)
+        shipper_exit = shipper.stop()
+        billing_exit = billing.stop()
+        report = ws.audit(nats.url)
+    log = shipper.log_text()
+    timeouts = count_lines(log, r"backing off: no PubAck")
+    stats = _STATS.search(log)
+    published, duplicates = (int(stats[1]), int(stats[2])) if stats else (0, 0)
+    result = ScenarioResult("3 NATS freeze", report, freezes, elapsed())
+    result.notes += [
+        f"seed {seed}; NATS frozen (SIGSTOP) {freezes} times for {freeze} s each, "
+        f"publish timeout {publish_timeout} s",
+        f"{writers} writer processes, {written} events committed",
+        f"shipper: {timeouts} periods of publishes timing out; "
+        f"{published} new messages stored, {duplicates} retries answered as duplicates "
+        "(timed out, yet stored)",
+        f"shipper/billing exit codes {shipper_exit}/{billing_exit}",
+    ]
+    check_writers(result, results)
+    check_publish_mode(result, log, batch_publish)
+    result.check(timeouts > 0, "no publish timed out: the freeze did not take effect")
+    result.check(stats is not None, "the shipper did not log its final counters")
+    result.check(duplicates > 0, "no retry came back as a duplicate")
+    check_clean_stops(result, shipper_exit, billing_exit)
     return result

@@ -29,8 +29,10 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from bench.faults.audit import WrittenLog
-from bench.faults.harness import ScenarioResult, Workspace, timed, usage_call, written_record
-from bench.faults.helpers import outbox_rows, outbox_sql, shipper_proc
+from bench.faults.harness import Workspace
+from bench.faults.helpers import outbox_rows, outbox_sql
+from bench.faults.results import ScenarioResult, timed
+from bench.faults.traffic import usage_call, written_record
 from outbox import Outbox
 from outbox.contract import build_usage_event
 from outbox.stream_spec import DEFAULT_STREAM
@@ -124,7 +126,7 @@ def test_corrupted_rows_go_dead_with_their_reason_and_the_rest_ships(
         for what, event_id in sized_ids.items():
             expected[event_id] = (what, _SIZE_REASONS[what])
 
-        shipper = shipper_proc(ws, url, exit_when_idle="true")
+        shipper = ws.shipper(url, exit_when_idle="true")
         assert shipper.wait(60) == 0, shipper.log_text()[-3000:]
 
         # Phase 2: damage inside a payload, caught only by --parse-payloads.
@@ -140,8 +142,7 @@ def test_corrupted_rows_go_dead_with_their_reason_and_the_rest_ships(
             "JSON damaged inside the envelope",
             "payload is not UTF-8 JSON",
         )
-        strict = shipper_proc(
-            ws,
+        strict = ws.shipper(
             url,
             name="shipper-strict",
             flags=["--parse-payloads", "true"],
@@ -267,7 +268,7 @@ def test_damage_inside_the_envelope_ships_and_billing_rejects_it_without_stoppin
             ws.outbox_path, "UPDATE usage_outbox SET payload = ? WHERE id = ?", payload, row["id"]
         )
         damaged[row["event_id"]] = bad
-    shipper = shipper_proc(ws, url, exit_when_idle="true")
+    shipper = ws.shipper(url, exit_when_idle="true")
     assert shipper.wait(60) == 0, shipper.log_text()[-3000:]
     wait_until_sync(
         lambda: ws.billed() >= 300 - len(damaged) and billing_rejections(ws) >= len(damaged),

@@ -23,8 +23,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 
-from bench.faults.harness import ScenarioResult, Workspace, count_lines, timed
-from bench.faults.helpers import shipper_proc, stream_info, stream_messages
+from bench.faults.harness import Workspace
+from bench.faults.helpers import count_lines, stream_info, stream_messages
+from bench.faults.results import ScenarioResult, timed
 from outbox.contract import build_usage_event
 from outbox.stream_spec import DEFAULT_STREAM
 from shipper.publisher import Message, Outcome, Publisher, classify
@@ -51,8 +52,7 @@ def test_stream_leader_killed_mid_run_then_restarted(
         ws.set_prices()
         consul_stub.set_service("nats", [(node.host, node.port) for node in cluster.nodes])
         billing = ws.billing(",".join(urls))
-        shipper = shipper_proc(
-            ws,
+        shipper = ws.shipper(
             f"nats://127.0.0.1:{unused_tcp_port}",  # nothing listens: only Consul's answer works
             flags=[
                 "--replicas",

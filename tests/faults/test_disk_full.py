@@ -39,16 +39,11 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from bench.faults.audit import WrittenLog
-from bench.faults.harness import (
-    Proc,
-    ScenarioResult,
-    Workspace,
-    count_lines,
-    timed,
-    usage_call,
-    written_record,
-)
-from bench.faults.helpers import shipper_proc, stream_messages, stream_messages_async
+from bench.faults.harness import Workspace
+from bench.faults.helpers import count_lines, stream_messages, stream_messages_async
+from bench.faults.procs import Proc
+from bench.faults.results import ScenarioResult, timed
+from bench.faults.traffic import usage_call, written_record
 from outbox import Outbox, create_outbox_engine, migrate, record_usage
 from outbox.errors import OutboxStoreError
 from usage_demo.natsserver import NatsServer
@@ -221,7 +216,7 @@ def test_disk_full_fails_the_writers_transaction_cleanly_and_shipping_recovers(
     with timed() as elapsed:
         ws.set_prices()
         billing = ws.billing(url)
-        shipper = shipper_proc(ws, url)
+        shipper = ws.shipper(url)
         log = WrittenLog(ws.written_dir / "writer-service.jsonl")
         try:
             result = asyncio.run(_run(ws, disk, log, url, shipper))

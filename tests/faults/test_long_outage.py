@@ -21,16 +21,17 @@ import time
 
 import pytest
 
-from bench.faults.harness import ScenarioResult, Workspace, in_flight_recoveries, timed
+from bench.faults.harness import Workspace
 from bench.faults.helpers import (
     billing_counters,
+    in_flight_recoveries,
     outbox_rows,
     outbox_sql,
     publish_as_shipper,
-    shipper_proc,
     stream_info,
     stream_messages,
 )
+from bench.faults.results import ScenarioResult, timed
 from usage_demo.natsserver import NatsServer
 from usage_demo.waiting import wait_until_sync
 
@@ -49,7 +50,7 @@ def test_outage_longer_than_the_dedupe_window_is_absorbed_by_billing(
     with timed() as elapsed:
         ws.set_prices()
         billing = ws.billing(url)
-        shipper = shipper_proc(ws, url, flags=["--duplicate-window", str(WINDOW)])
+        shipper = ws.shipper(url, flags=["--duplicate-window", str(WINDOW)])
         ws.writers(1, events=BEFORE).wait(60)
         ws.wait_settled(BEFORE, 30)
         info = stream_info([url])
