@@ -1,6 +1,7 @@
-"""The usage event wire contract: validation and encoding, with no I/O.
+"""The usage event wire contract: encoding validated fields, with no I/O.
 
-Everything billing relies on is decided here, once: which inputs are refused, how the
+Everything billing relies on is decided here, once: which inputs are refused (each
+field's check is in :mod:`outbox.validation`; the order of the checks is here), how the
 usage amount is computed, the ``usage_details`` layout, the subject, the headers, the
 ``event_id`` and the ``timestamp``. The write API and the legacy drop-in both call
 :func:`build_usage_event`; the shipper only republishes what this module produced.
@@ -10,55 +11,59 @@ See ``shared/contract/usage-event.md`` (copied in ``docs/usage-event.md``).
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Final
 
 from outbox.errors import InvalidUsageEvent
 from outbox.ids import iso_timestamp, new_event_id, new_event_ids
 from outbox.subject import MAX_TOKEN_LENGTH, SUBJECT_PREFIX, product_token
 from outbox.tracing import TraceContext, active_trace_context, trace_context
+from outbox.validation import (
+    ID_FIELDS,
+    MAX_ID_LENGTH,
+    MAX_METADATA_DEPTH,
+    MAX_TOKEN_COUNT,
+    MAX_USAGE_AMOUNT,
+    RESERVED_DETAIL_KEYS,
+    liftable_id,
+    metadata_mapping,
+    require_id,
+    require_text,
+    service_type_text,
+    token_count,
+    unit_count,
+)
+
+# The bounds and field names the validation owns, importable from the contract too.
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "EVENT_TYPE",
+    "IDEMPOTENCY_PREFIX",
+    "ID_FIELDS",
+    "MAX_ID_LENGTH",
+    "MAX_METADATA_DEPTH",
+    "MAX_TOKEN_COUNT",
+    "MAX_USAGE_AMOUNT",
+    "RESERVED_DETAIL_KEYS",
+    "EncodedEvent",
+    "UsageEvent",
+    "build_usage_event",
+    "build_usage_events",
+    "contract_headers",
+]
 
 EVENT_TYPE: Final = "billing.usage.recorded"
 #: Default refusal threshold for one encoded payload. NATS's default ``max_payload`` is
 #: 1 MiB; a usage record is ~400 bytes, so anything near this limit is a caller bug
 #: (a prompt pasted into metadata), and refusing it early beats dead-lettering it later.
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 64 * 1024
-#: Largest token count (and token total) accepted: a signed 64-bit integer, what billing's
-#: ledger and every JSON consumer that is not Python can hold. Anything above is a caller
-#: bug; without the bound a 5,000-digit count failed in the JSON encoder and was reported
-#: against ``metadata``.
-MAX_TOKEN_COUNT: Final = 2**63 - 1
-#: Billing refuses an event over these (``billing.decode``: ids of at most 255 characters
-#: without NUL, a usage amount of at most 10**12): refused here, or such an event would be
-#: written, shipped and then never billed.
-MAX_ID_LENGTH: Final = 255
-MAX_USAGE_AMOUNT: Final = 10**12
-
-#: Identifiers the platform's billing reads only at the payload's top level (contract 1.1),
-#: in the order they are written. Given as keywords, or lifted from ``metadata``.
-ID_FIELDS: Final = ("organization_id", "subscription_id", "session_id", "request_id", "agent_id")
+#: :data:`ID_FIELDS` as a set: does ``metadata`` hold any id at all (usually not).
 _ID_FIELD_SET: Final = frozenset(ID_FIELDS)
 #: ``idempotency_key`` is this prefix and the event id: the ``<producer>:<key>`` form of
 #: the platform's producer library, and what the real billing de-duplicates on.
 IDEMPOTENCY_PREFIX: Final = "usage-outbox:"
-
-#: ``usage_details`` keys the contract owns; ``metadata`` may not overwrite them.
-RESERVED_DETAIL_KEYS: Final = frozenset(
-    {
-        "provider",
-        "model",
-        "operation",
-        "service_type",
-        "input_tokens",
-        "output_tokens",
-        "input_units",
-        "output_units",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,159 +97,28 @@ def contract_headers(event_id: str, trace: TraceContext | None = None) -> dict[s
     return headers
 
 
-def _require_text(field: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise InvalidUsageEvent(field, f"must be a string, got {type(value).__name__}")
-    if not value or value.isspace():  # the same test as `not value.strip()`, no copy
-        raise InvalidUsageEvent(field, "must not be empty")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidUsageEvent(field, f"is not valid Unicode text: {exc.reason}") from exc
-    return value
-
-
-def _require_id(field: str, value: object) -> str:
-    text = _require_text(field, value)
-    if len(text) > MAX_ID_LENGTH:
-        raise InvalidUsageEvent(field, f"is longer than {MAX_ID_LENGTH} characters")
-    if "\x00" in text:
-        raise InvalidUsageEvent(field, "must not contain a NUL character")
-    return text
-
-
-def _liftable_id(value: object) -> bool:
-    """A metadata value that is copied to the top level: what a keyword id may be. Any
-    other value stays in ``usage_details`` only, and is not an error (1.0 accepted it)."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_ID_LENGTH
-        and not value.isspace()
-        and "\x00" not in value
-    )
-
-
 def _top_level_ids(metadata: Mapping[str, Any], given: tuple[object, ...]) -> str:
     """The ids' JSON members (``,"session_id":"..."``...) from keywords and metadata."""
     members = ""
     if given == _NO_IDS:  # the usual case: only metadata holds ids
         for field in ID_FIELDS:
-            if field in metadata and _liftable_id(lifted := metadata[field]):
+            if field in metadata and liftable_id(lifted := metadata[field]):
                 members += f',"{field}":{_quote(lifted)}'
         return members
     for field, keyword in zip(ID_FIELDS, given, strict=True):
         if keyword is not None:
-            value = _require_id(field, keyword)
+            value = require_id(field, keyword)
             if field in metadata and metadata[field] != value:
                 raise InvalidUsageEvent(
                     field,
                     f"is {value!r} but metadata[{field!r}] is {metadata[field]!r}; give one",
                 )
-        elif _liftable_id(in_metadata := metadata.get(field)):
-            value = in_metadata  # type: ignore[assignment]  # checked by _liftable_id
+        elif liftable_id(in_metadata := metadata.get(field)):
+            value = in_metadata  # type: ignore[assignment]  # checked by liftable_id
         else:
             continue
         members += f',"{field}":{_quote(value)}'
     return members
-
-
-def _service_type_text(value: object) -> str:
-    # Existing callers pass an Enum; the contract carries its value.
-    if isinstance(value, Enum):
-        value = value.value
-    return _require_text("service_type", value)
-
-
-def _token_count(field: str, value: object) -> int | None:
-    if value is None:
-        return None
-    if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT:  # the usual case, first
-        return value
-    # bool is an int subclass; True tokens is a caller bug, not a count of one.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidUsageEvent(field, f"must be a whole number, got {value!r}")
-    if value < 0:
-        raise InvalidUsageEvent(field, f"must not be negative, got {value}")
-    if value > MAX_TOKEN_COUNT:
-        raise InvalidUsageEvent(field, f"is too large (limit {MAX_TOKEN_COUNT})")
-    return value
-
-
-def _unit_count(field: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidUsageEvent(field, f"must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond the float range: as infinite as it gets
-        raise InvalidUsageEvent(field, "must be finite, got an integer too large") from None
-    if not math.isfinite(number):
-        raise InvalidUsageEvent(field, f"must be finite, got {value!r}")
-    if number < 0:
-        raise InvalidUsageEvent(field, f"must not be negative, got {value!r}")
-    return number
-
-
-def _metadata(value: object) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if type(value) is dict and _plain_metadata(value):
-        return value
-    if type(value) is not dict and not isinstance(value, Mapping):
-        raise InvalidUsageEvent("metadata", f"must be a dict, got {type(value).__name__}")
-    for key, item in value.items():
-        if not isinstance(key, str):
-            raise InvalidUsageEvent("metadata", f"keys must be strings, got {key!r}")
-        if key in RESERVED_DETAIL_KEYS:
-            raise InvalidUsageEvent("metadata", f"key {key!r} would overwrite a contract field")
-        if isinstance(item, dict | list | tuple):
-            _check_nested_keys(item)
-    return value
-
-
-def _plain_metadata(value: dict[Any, Any]) -> bool:
-    """The usual metadata, checked in one pass: str keys, none reserved, no nested
-    container (whose keys :func:`_metadata` would walk). False only means: check it item
-    by item, for the error."""
-    for key, item in value.items():
-        if type(key) is not str or key in RESERVED_DETAIL_KEYS or type(item) in _CONTAINERS:
-            return False
-    return True
-
-
-#: Exact types only: a subclass of one goes the item-by-item way, which walks it.
-_CONTAINERS: Final = frozenset({dict, list, tuple})
-
-
-#: How deep ``metadata`` may nest; deeper is refused rather than walked.
-MAX_METADATA_DEPTH: Final = 32
-
-
-def _check_nested_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> None:
-    """Refuse non-string keys inside nested objects too. The JSON encoder would turn
-    ``1``/``True``/``None`` keys into ``"1"``/``"true"``/``"null"``, which can collide with
-    a real key, and billing refuses a payload with a duplicate key: such an event would be
-    written and shipped, then never billed. The walk is bounded, so a cycle ends here."""
-    stack: list[tuple[Any, int]] = [(value, 2)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_METADATA_DEPTH:
-            raise InvalidUsageEvent(
-                "metadata", f"is nested deeper than {MAX_METADATA_DEPTH} levels"
-            )
-        items: Iterable[Any]
-        if isinstance(node, dict):
-            for key in node:
-                if not isinstance(key, str):
-                    raise InvalidUsageEvent(
-                        "metadata", f"keys must be strings at every level, got {key!r}"
-                    )
-            items = node.values()
-        else:
-            items = node
-        stack.extend((item, depth + 1) for item in items if isinstance(item, dict | list | tuple))
 
 
 def _make_json_encoder() -> Callable[[dict[str, Any]], str]:
@@ -447,16 +321,16 @@ def _encode(
     names, and encode it: ``(subject, payload, trace)``. ``active`` is the active span's
     trace context when the caller read it already (a batch reads it once), else
     :data:`_LOOK_UP`."""
-    user = _require_id("user_id", user_id)
-    product = _require_id("product_id", product_id)
-    provider_text = _require_text("provider", provider)
-    operation_text = _require_text("operation", operation)
-    service = _service_type_text(service_type)
-    tokens_in = _token_count("input_tokens", input_tokens)
-    tokens_out = _token_count("output_tokens", output_tokens)
-    units_in = _unit_count("input_units", input_units)
-    units_out = _unit_count("output_units", output_units)
-    extra = _metadata(metadata)
+    user = require_id("user_id", user_id)
+    product = require_id("product_id", product_id)
+    provider_text = require_text("provider", provider)
+    operation_text = require_text("operation", operation)
+    service = service_type_text(service_type)
+    tokens_in = token_count("input_tokens", input_tokens)
+    tokens_out = token_count("output_tokens", output_tokens)
+    units_in = unit_count("input_units", input_units)
+    units_out = unit_count("output_units", output_units)
+    extra = metadata_mapping(metadata)
     top_ids = (
         _top_level_ids(extra, ids)
         if ids != _NO_IDS or (extra and not _ID_FIELD_SET.isdisjoint(extra))
