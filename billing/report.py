@@ -124,7 +124,7 @@ def format_table(report: BillingReport) -> str:
         money(report.total_charged),
         money(report.total_balance),
     )
-    out = _aligned(headers, rows, total)
+    out = aligned_table(headers, rows, total)
     out.append("")
     out.append(f"rejected events: {report.rejected_events}")
     if report.unpriced_products:
@@ -181,10 +181,12 @@ def _pad(text: str, width: int, *, right: bool) -> str:
     return fill + text if right else text + fill
 
 
-def _aligned(
+def aligned_table(
     headers: Sequence[str], rows: Sequence[Sequence[str]], total: Sequence[str]
 ) -> list[str]:
-    """Lines of a table: the first column left-aligned, the others right-aligned."""
+    """Lines of a table: the first column left-aligned, the others right-aligned, padded
+    by :func:`display_width` so that wide (CJK) and combining characters line up too;
+    a rule under the headers and above the ``total`` row."""
     table = [headers, *rows, total]
     widths = [max(display_width(r[i]) for r in table) for i in range(len(headers))]
 
@@ -218,7 +220,7 @@ def format_breakdown(rows: Sequence[BreakdownRow], by: str) -> str:
         "",
         money(sum((r.charged for r in rows), Decimal(0))),
     )
-    return "\n".join(_aligned((by, *_BREAKDOWN_HEADERS), cells, total))
+    return "\n".join(aligned_table((by, *_BREAKDOWN_HEADERS), cells, total))
 
 
 def breakdown_csv(rows: Sequence[BreakdownRow], by: str) -> str:

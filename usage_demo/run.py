@@ -36,6 +36,7 @@ from billing.config import BillingConfig
 from billing.consumer import BillingConsumer
 from billing.database import BillingDatabase
 from billing.pricing import compute_charge, quantize_usage
+from billing.report import BillingReport, aligned_table
 from billing.store import Outcome
 from outbox import Outbox, create_outbox_engine, record_usage
 from outbox import migrate as outbox_migrate
@@ -410,16 +411,8 @@ class Demo:
         for label, value in rows:
             print(f"  {label:<44} {value:>10}")
         print()
-        print(f"  {'user':<12} {'billed':>7} {'unpriced':>9} {'charged':>16} {'balance':>16}")
-        for user in report.users:
-            print(
-                f"  {user.user_id:<12} {user.billed_events:>7} {user.unpriced_events:>9} "
-                f"{user.charged:>16} {user.balance:>16}"
-            )
-        print(
-            f"  {'total':<12} {report.billed_events:>7} {report.unpriced_events:>9} "
-            f"{report.total_charged:>16} {report.total_balance:>16}"
-        )
+        for line in user_table(report):
+            print(f"  {line}")
         print()
 
         written = set(self.written)
@@ -461,6 +454,23 @@ class Demo:
         print()
         print("all checks passed" if not failed else f"{failed} checks FAILED")
         return 0 if not failed else 1
+
+
+def user_table(report: BillingReport) -> list[str]:
+    """The per-user lines of the verdict, then the totals: billing's own table layout,
+    which pads by display width, so a CJK user id lines up with the others."""
+    rows = [
+        (u.user_id, str(u.billed_events), str(u.unpriced_events), str(u.charged), str(u.balance))
+        for u in report.users
+    ]
+    total = (
+        "total",
+        str(report.billed_events),
+        str(report.unpriced_events),
+        str(report.total_charged),
+        str(report.total_balance),
+    )
+    return aligned_table(("user", "billed", "unpriced", "charged", "balance"), rows, total)
 
 
 #: Replays carry this before the original message id, as a fresh Nats-Msg-Id.
