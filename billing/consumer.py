@@ -30,62 +30,38 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Self
 
 import nats
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from billing import jetstream, migrate, store
+from billing import jetstream, migrate
+from billing.apply import apply_batch
+from billing.audit import audit
 from billing.config import BillingConfig
-from billing.decode import decode_usage_event
+from billing.connect import connect
 from billing.engines import create_billing_engine
-from billing.errors import BillingConfigError, BillingError, InvalidPayload
+from billing.errors import BillingError
+from billing.items import Item, Outcome, Rejection, Usage, item_from_message
 from billing.metrics import ConsumerMetrics, metrics_for
 from billing.puller import BatchPuller, ConsumerGone
+from billing.reading import report
 from billing.report import Audit, BillingReport
-from billing.store import Delivery, Item, Outcome, Rejection, Usage
-from usage_runtime.nats import CREDENTIAL_HINT, NatsRefused, auth_options, open_connection
-from usage_runtime.signals import unless_stopped
+from billing.settle import FLUSH_TIMEOUT, JetStreamSettler, Settler
+from billing.stats import ConsumerStats
+from usage_runtime.signals import sleep_unless_stopped
+
+__all__ = ["BillingConsumer", "ConsumerStats"]
 
 logger = logging.getLogger("billing.consumer")
 
-#: Called after a batch committed and before its messages are acknowledged. Tests use it
-#: to crash the process exactly there; it is not needed in production.
-AfterCommit = Callable[[Sequence[Msg], Sequence[Outcome]], Awaitable[None]]
-
-_ACKED = frozenset({Outcome.BILLED, Outcome.UNPRICED, Outcome.DUPLICATE})
 #: Wait after a failed fetch before the next one (a broker restart, a lost connection).
 _FETCH_BACKOFF = 0.5
-_FLUSH_TIMEOUT = 5.0
-_CONNECT_BACKOFF = 2.0
-
-
-@dataclass
-class ConsumerStats:
-    """Counters since start; ``received`` counts deliveries, redeliveries included."""
-
-    received: int = 0
-    billed: int = 0
-    unpriced: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    retried: int = 0
-    batches: int = 0
-    fetch_errors: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def summary(self) -> str:
-        """``billed 7, unpriced 0, ..., fetch errors 0``: for the stop line."""
-        return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.as_dict().items())
 
 
 class BillingConsumer:
@@ -98,7 +74,8 @@ class BillingConsumer:
     (or use ``async with``).
 
     ``engine``: an async engine on the billing database to use instead of one made from
-    ``config.database_url`` (the consumer then does not dispose of it).
+    ``config.database_url`` (the consumer then does not dispose of it). ``settler``:
+    acknowledges each committed batch (default :class:`~billing.settle.JetStreamSettler`).
     """
 
     def __init__(
@@ -106,13 +83,13 @@ class BillingConsumer:
         config: BillingConfig,
         *,
         engine: AsyncEngine | None = None,
-        after_commit: AfterCommit | None = None,
+        settler: Settler | None = None,
     ) -> None:
         self.config = config.validate()
         self.stats = ConsumerStats()
         self._engine = engine
         self._owns_engine = engine is None
-        self._after_commit = after_commit
+        self._settler: Settler = settler or JetStreamSettler()
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._puller: BatchPuller | None = None
@@ -154,7 +131,13 @@ class BillingConsumer:
         if self.config.migrate:
             await migrate.upgrade_engine(self.engine)
         self.state = "connecting"
-        nc = await self._connect(stop)
+        nc = await connect(
+            self.config,
+            stop,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
         if nc is None:
             return False
         self._nc, self._js = nc, nc.jetstream()
@@ -168,7 +151,8 @@ class BillingConsumer:
                 if self.state != "waiting_for_stream":
                     self.state = "waiting_for_stream"
                     logger.info("%s; waiting", exc, extra={"action": "stream_wait"})
-                if await _wait(stop, 1.0):
+                await sleep_unless_stopped(stop, 1.0)
+                if stop.is_set():
                     return False
         self.state = "consuming"
         assert self.stream is not None, "bound to a stream"
@@ -180,56 +164,6 @@ class BillingConsumer:
             extra={"action": "consumer_started"},
         )
         return True
-
-    async def _connect(self, stop: asyncio.Event | None) -> NatsClient | None:
-        """Connect; with a ``stop`` event, keep trying until NATS answers or stop is set.
-
-        Refused credentials or TLS (see :func:`usage_runtime.nats.open_connection`) are a
-        :class:`BillingConfigError` either way: waiting cannot fix a setting.
-        """
-        config = self.config
-        while True:
-            try:
-                options = {
-                    "name": "usage-billing",
-                    "connect_timeout": int(max(1, config.connect_timeout)),
-                    "max_reconnect_attempts": -1,  # once connected, outlive broker restarts
-                    "reconnect_time_wait": 1,
-                    **auth_options(
-                        user=config.nats_user,
-                        password=config.nats_password,
-                        token=config.nats_token,
-                        nkey_seed_file=config.nats_nkey_seed_file,
-                        creds_file=config.nats_creds_file,
-                        tls_ca_file=config.tls_ca_file,
-                        tls_cert_file=config.tls_cert_file,
-                        tls_key_file=config.tls_key_file,
-                    ),
-                }
-                connecting = open_connection(
-                    config.nats_servers,
-                    options,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
-                if stop is None:
-                    return await connecting
-                # nats-py's first connect retries for ever (max_reconnect_attempts=-1)
-                # and never looks at ``stop``: race it, so a stop ends the wait at once.
-                return await unless_stopped(connecting, stop)
-            except NatsRefused as exc:
-                raise BillingConfigError(
-                    f"nats refused the connection: {exc} ({CREDENTIAL_HINT})"
-                ) from exc
-            except (nats.errors.Error, OSError, TimeoutError) as exc:
-                if stop is None:
-                    raise
-                logger.warning(
-                    "cannot reach NATS (%r); retrying", exc, extra={"action": "nats_unreachable"}
-                )
-                if await _wait(stop, _CONNECT_BACKOFF):
-                    return None
 
     async def close(self) -> None:
         """Close the connection (pending acks are flushed) and the engine if owned."""
@@ -245,7 +179,7 @@ class BillingConsumer:
         if nc is not None and not nc.is_closed:
             self._closing = True
             with contextlib.suppress(nats.errors.Error, TimeoutError):
-                async with asyncio.timeout(_FLUSH_TIMEOUT):
+                async with asyncio.timeout(FLUSH_TIMEOUT):
                     await nc.close()
         if self._owns_engine and self._engine is not None:
             await self._engine.dispose()
@@ -279,7 +213,7 @@ class BillingConsumer:
                 return self.stats
             while not stop.is_set():
                 if await self.step(self.config.fetch_timeout) is None:
-                    await _wait(stop, _FETCH_BACKOFF)
+                    await sleep_unless_stopped(stop, _FETCH_BACKOFF)
         finally:
             await self.close()
             logger.info("stopped: %s", self.stats.summary(), extra={"action": "consumer_stopped"})
@@ -312,7 +246,7 @@ class BillingConsumer:
                 if stop is None:
                     await asyncio.sleep(_FETCH_BACKOFF)
                 else:
-                    await _wait(stop, _FETCH_BACKOFF)
+                    await sleep_unless_stopped(stop, _FETCH_BACKOFF)
             if progress is not None and time.monotonic() - shown >= every:
                 shown = time.monotonic()
                 await progress()
@@ -389,15 +323,15 @@ class BillingConsumer:
 
     async def process(self, messages: Sequence[Msg]) -> list[Outcome]:
         """Decode, apply in one transaction, then acknowledge each message by its outcome."""
-        items = [_decode(message, self._stream_created) for message in messages]
+        items = [item_from_message(message, self._stream_created) for message in messages]
         started = time.monotonic()
         outcomes = await self._apply(items)
         now = time.time()  # the commit: where an event's lag ends
         self.metrics.applied(items, outcomes, now=now, seconds=time.monotonic() - started)
-        if self._after_commit is not None:
-            await self._after_commit(messages, outcomes)
-        await self._settle(messages, outcomes)
-        self._count(outcomes)
+        await self._settler.settle(
+            self._nc, messages, outcomes, retry_delay=self.config.retry_delay
+        )
+        self.stats.count(outcomes)
         return outcomes
 
     # -- steps -----------------------------------------------------------------------------
@@ -424,7 +358,7 @@ class BillingConsumer:
 
     async def _apply_in_transaction(self, items: Sequence[Item]) -> list[Outcome]:
         async with self.engine.begin() as conn:
-            return await store.apply_batch(conn, items)
+            return await apply_batch(conn, items)
 
     async def _failed(self, item: Item, exc: Exception) -> Outcome:
         """One message could not be stored: retry later, or park it after enough tries."""
@@ -454,40 +388,6 @@ class BillingConsumer:
             )
             return Outcome.RETRY
 
-    async def _settle(self, messages: Sequence[Msg], outcomes: Sequence[Outcome]) -> None:
-        """Acknowledge after the commit; a lost ack only means a redelivery the inbox absorbs."""
-        for message, outcome in zip(messages, outcomes, strict=True):
-            try:
-                if outcome in _ACKED:
-                    await message.ack()
-                elif outcome is Outcome.REJECTED:
-                    await message.term()
-                else:
-                    await message.nak(delay=self.config.retry_delay)
-            except nats.errors.Error as exc:
-                logger.warning("ack failed: %r", exc, extra={"action": "ack_failed"})
-        if self._nc is not None:
-            try:
-                await self._nc.flush(timeout=int(_FLUSH_TIMEOUT))
-            except (nats.errors.Error, TimeoutError) as exc:
-                logger.warning("acks not confirmed: %r", exc, extra={"action": "ack_flush_failed"})
-
-    def _count(self, outcomes: Sequence[Outcome]) -> None:
-        stats = self.stats
-        stats.batches += 1
-        stats.received += len(outcomes)
-        for outcome in outcomes:
-            if outcome is Outcome.BILLED:
-                stats.billed += 1
-            elif outcome is Outcome.UNPRICED:
-                stats.unpriced += 1
-            elif outcome is Outcome.DUPLICATE:
-                stats.duplicates += 1
-            elif outcome is Outcome.REJECTED:
-                stats.rejected += 1
-            else:
-                stats.retried += 1
-
     async def _bind(self, nc: NatsClient, js: JetStreamContext) -> None:
         """Ensure the stream and the durable consumer, and fetch from it from now on."""
         stream = await jetstream.bind(js, self.config)
@@ -514,11 +414,11 @@ class BillingConsumer:
 
     async def report(self) -> BillingReport:
         async with self.engine.connect() as conn:
-            return await store.report(conn)
+            return await report(conn)
 
     async def audit(self) -> Audit:
         async with self.engine.connect() as conn:
-            return await store.audit(conn)
+            return await audit(conn)
 
     # -- connection events -----------------------------------------------------------------
 
@@ -531,32 +431,3 @@ class BillingConsumer:
 
     async def _on_reconnected(self) -> None:
         logger.info("nats reconnected", extra={"action": "nats_reconnected"})
-
-
-def _decode(message: Msg, stream_created: int) -> Item:
-    metadata = message.metadata
-    delivery = Delivery(
-        stream=metadata.stream,
-        stream_seq=metadata.sequence.stream,
-        subject=message.subject,
-        deliveries=metadata.num_delivered,
-        stream_created=stream_created,
-    )
-    try:
-        record = decode_usage_event(message.data, stored_at=metadata.timestamp)
-        return Usage(delivery, record, message.data)
-    except InvalidPayload as exc:
-        return Rejection(delivery, message.data, exc.reason, event_id=exc.event_id)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Wait up to ``seconds`` for ``stop``; True when it is set."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    return stop.is_set()
-
-
-async def run_consumer(config: BillingConfig, stop: asyncio.Event | None = None) -> ConsumerStats:
-    """Convenience: ``BillingConsumer(config).run(stop)``."""
-    return await BillingConsumer(config).run(stop)

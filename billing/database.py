@@ -1,6 +1,7 @@
 """``BillingDatabase``: the billing tables behind one object, for the CLI, the demo, tests.
 
-Each method is one short transaction over :mod:`billing.store`::
+Each method is one short transaction over the queries of :mod:`billing.price_book`,
+:mod:`billing.reading` and :mod:`billing.audit`::
 
     async with BillingDatabase("sqlite+aiosqlite:///billing.db") as db:
         await db.set_price("gpt-4", "token", Decimal("0.00003"))
@@ -18,11 +19,14 @@ from typing import Self
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from billing import migrate, store
+from billing import migrate
+from billing.audit import audit
 from billing.decode import UNIT_TYPES
 from billing.engines import DEFAULT_DATABASE_URL, create_billing_engine
 from billing.errors import BillingError
+from billing.price_book import Price, list_prices, reprice_unpriced, set_price
 from billing.pricing import parse_unit_price
+from billing.reading import RejectedEvent, breakdown, event_states, rejected, report
 from billing.report import Audit, BillingReport, BreakdownRow
 
 
@@ -81,7 +85,7 @@ class BillingDatabase:
         price = parse_unit_price(unit_price)
         await self._ready()
         async with self.engine.begin() as conn:
-            await store.set_price(conn, product_id, unit_type, price)
+            await set_price(conn, product_id, unit_type, price)
         return price
 
     async def set_prices(self, table: dict[tuple[str, str], str | Decimal]) -> None:
@@ -89,44 +93,44 @@ class BillingDatabase:
         for (product_id, unit_type), price in table.items():
             await self.set_price(product_id, unit_type, price)
 
-    async def prices(self) -> list[store.Price]:
+    async def prices(self) -> list[Price]:
         await self._ready()
         async with self.engine.connect() as conn:
-            return await store.list_prices(conn)
+            return await list_prices(conn)
 
     async def reprice(self, *, limit: int = 10_000) -> int:
         """Bill the unpriced records that have a price now; returns how many were billed."""
         await self._ready()
         async with self.engine.begin() as conn:
-            return await store.reprice_unpriced(conn, limit=limit)
+            return await reprice_unpriced(conn, limit=limit)
 
     # -- reading ---------------------------------------------------------------------------
 
     async def report(self) -> BillingReport:
         await self._ready()
         async with self.engine.connect() as conn:
-            return await store.report(conn)
+            return await report(conn)
 
     async def breakdown(
         self, by: str, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[BreakdownRow]:
-        """Usage and charges per user, product or day; see :func:`billing.store.breakdown`."""
+        """Usage and charges per user, product or day; see :func:`billing.reading.breakdown`."""
         await self._ready()
         async with self.engine.connect() as conn:
-            return await store.breakdown(conn, by, since=since, until=until)
+            return await breakdown(conn, by, since=since, until=until)
 
     async def audit(self) -> Audit:
         await self._ready()
         async with self.engine.connect() as conn:
-            return await store.audit(conn)
+            return await audit(conn)
 
     async def event_states(self) -> dict[str, str]:
         """``event_id -> "billed" | "unpriced"`` for every recorded event."""
         await self._ready()
         async with self.engine.connect() as conn:
-            return await store.event_states(conn)
+            return await event_states(conn)
 
-    async def rejected(self, *, limit: int = 100) -> list[store.RejectedEvent]:
+    async def rejected(self, *, limit: int = 100) -> list[RejectedEvent]:
         await self._ready()
         async with self.engine.connect() as conn:
-            return await store.rejected(conn, limit=limit)
+            return await rejected(conn, limit=limit)

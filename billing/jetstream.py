@@ -1,9 +1,10 @@
 """The JetStream side of billing: the stream it reads and its durable pull consumer.
 
-* The stream: the one named in the configuration (default ``billing-stream``) when it
-  exists; else another stream that already captures the usage subjects (an operator's
-  naming, as the shipper also adopts); else, when allowed, billing creates it as the
-  shipper would (``outbox.stream_spec``: file storage, subjects ``billing.>``, a
+* The stream: chosen by the shipper's rule (:mod:`usage_runtime.streams`): the one named
+  in the configuration (default ``billing-stream``) when it exists and captures the usage
+  subjects (when it does not, billing refuses to start, as the shipper does); else
+  another stream that captures them (an operator's naming); else, when allowed, billing
+  creates it as the shipper would (``outbox.stream_spec``: file storage, subjects ``billing.>``, a
   ``max_age`` and no count limit, a 10-minute de-duplication window), so the consumer can
   start before the first shipper. Creating races with a shipper doing the same are
   settled by taking whichever stream won.
@@ -20,19 +21,12 @@ import logging
 from typing import Final
 
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    StorageType,
-    StreamConfig,
-    StreamInfo,
-)
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from billing.config import FILTER_SUBJECT, BillingConfig
-from billing.errors import BillingError
+from billing.errors import BillingConfigError, BillingError
 from outbox.stream_spec import DEFAULT_STREAM_SUBJECTS, OWN_SUBJECTS, USAGE_SUBJECTS, captures
+from usage_runtime.streams import StreamRefused, find_or_create_stream
 
 logger = logging.getLogger("billing.jetstream")
 
@@ -44,61 +38,46 @@ class StreamUnavailable(BillingError):
     """No stream captures the usage subjects and billing may not create one."""
 
 
-def _captures(info: StreamInfo) -> bool:
+def _own_subjects(subjects: list[str] | None) -> bool:
     # The shipper's rule: a stream with the one-token usage subjects will do (the
     # shipper warns when it lacks the multi-token ones of other producers).
-    return captures(info.config.subjects, OWN_SUBJECTS)
-
-
-async def find_stream(js: JetStreamContext, config: BillingConfig) -> str | None:
-    """The name of the stream to read, or None when there is none yet."""
-    try:
-        await js.stream_info(config.stream)
-        return config.stream
-    except NotFoundError:
-        pass
-    try:
-        other = await js.find_stream_name_by_subject(OWN_SUBJECTS)
-    except NotFoundError:
-        return None
-    if other and _captures(await js.stream_info(other)):
-        logger.info("reading existing stream %s", other, extra={"action": "stream_adopted"})
-        return other
-    return None
+    return captures(subjects, OWN_SUBJECTS)
 
 
 async def ensure_stream(js: JetStreamContext, config: BillingConfig) -> str:
-    """Return the stream to read, creating it when missing and allowed.
+    """Return the stream to read, creating it when missing and allowed
+    (:func:`usage_runtime.streams.find_or_create_stream`: the shipper's rule too).
 
-    Raises :class:`StreamUnavailable` when it is missing and ``create_stream`` is off.
+    Raises :class:`StreamUnavailable` when it is missing and ``create_stream`` is off,
+    and :class:`BillingConfigError` when the named stream exists without the usage
+    subjects or cannot be created for good: only an operator can fix those.
     """
-    name = await find_stream(js, config)
-    if name is not None:
-        return name
-    if not config.create_stream:
+    create = StreamConfig(
+        name=config.stream,
+        subjects=list(DEFAULT_STREAM_SUBJECTS),
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        max_age=config.stream_max_age,
+        allow_batched=True,  # as the shipper creates it: its fast-ingest batches
+    )
+    try:
+        found = await find_or_create_stream(
+            js,
+            config.stream,
+            subject=OWN_SUBJECTS,
+            captures=_own_subjects,
+            wanted=USAGE_SUBJECTS,
+            create=create if config.create_stream else None,
+        )
+    except StreamRefused as exc:
+        hint = "" if exc.api_error is not None else " with --stream"
+        raise BillingConfigError(f"{exc}{hint}") from exc
+    if found is None:
         raise StreamUnavailable(
             f"no stream captures {USAGE_SUBJECTS!r} yet (stream {config.stream!r}) "
             "and stream creation is off"
         )
-    try:
-        await js.add_stream(
-            StreamConfig(
-                name=config.stream,
-                subjects=list(DEFAULT_STREAM_SUBJECTS),
-                storage=StorageType.FILE,
-                duplicate_window=DUPLICATE_WINDOW_SECONDS,
-                max_age=config.stream_max_age,
-                allow_batched=True,  # as the shipper creates it: its fast-ingest batches
-            )
-        )
-        logger.info("created stream %s", config.stream, extra={"action": "stream_created"})
-        return config.stream
-    except BadRequestError:
-        # Created meanwhile (by a shipper, or another consumer): use whatever won.
-        name = await find_stream(js, config)
-        if name is None:
-            raise
-        return name
+    return found.name
 
 
 def consumer_config(config: BillingConfig) -> ConsumerConfig:

@@ -32,7 +32,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing.config import BillingConfig
-from billing.store import Item, Outcome, Usage
+from billing.items import Item, Outcome, Usage
 from outbox.probes import PROBE_TIMEOUT, database_problem, reader_engine
 from usage_runtime.health import HealthServer, nats_problem
 from usage_runtime.histograms import LAG_BUCKETS, LATENCY_BUCKETS, BatchHistogram

@@ -12,33 +12,27 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox import migrate as outbox_migrate
 from outbox.migrate import migration_lock
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-#: PostgreSQL advisory lock key held while migrating ("billing" in ASCII).
-_PG_LOCK_KEY = 0x62696C6C696E67
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    if connection is not None:
-        config.attributes["connection"] = connection
-    return config
+    return outbox_migrate.alembic_config(connection, directory=MIGRATIONS_DIR)
 
 
 def upgrade(connection: Connection, revision: str = "head") -> None:
     """Upgrade the database behind ``connection`` (in its transaction; the caller commits).
 
     On SQLite engines from :mod:`billing.engines` the transaction begins with ``BEGIN
-    IMMEDIATE``, so consumers starting together migrate one at a time; on PostgreSQL a
-    transaction-scoped advisory lock does the same.
+    IMMEDIATE``, so consumers starting together migrate one at a time; on PostgreSQL the
+    history's ``env.py`` takes a transaction-scoped advisory lock, as the outbox's does
+    (:func:`outbox.alembic_env.run_env`), on the command line too.
     """
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
     command.upgrade(alembic_config(connection), revision)
 
 

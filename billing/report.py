@@ -1,6 +1,6 @@
 """What billing has done, as data (for the demo and tests) and as a table (for people).
 
-The data comes from :func:`billing.store.report` and :func:`billing.store.audit`; this
+The data comes from :func:`billing.reading.report` and :func:`billing.audit.audit`; this
 module only holds the shapes and the formatting, with no I/O.
 """
 
@@ -52,11 +52,6 @@ class BillingReport:
     total_balance: Decimal
     #: Which (product, unit type) pairs lack a price, and how many events wait on each.
     unpriced_products: tuple[UnpricedProduct, ...] = ()
-
-    @property
-    def recorded_events(self) -> int:
-        """Events in ``billing_records`` (billed + unpriced): each event_id once."""
-        return self.billed_events + self.unpriced_events
 
     def user(self, user_id: str) -> UserTotals | None:
         return next((u for u in self.users if u.user_id == user_id), None)

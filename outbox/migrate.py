@@ -36,9 +36,13 @@ from outbox.schema import VERSION_TABLE, metadata
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
+def alembic_config(
+    connection: Connection | None = None, *, directory: Path = MIGRATIONS_DIR
+) -> Config:
+    """alembic's configuration for the history in ``directory`` (the outbox's by default;
+    billing passes its own), on ``connection`` when given."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(directory))
     if connection is not None:
         config.attributes["connection"] = connection
     return config

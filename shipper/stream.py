@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
-from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from outbox.stream_spec import (
     DEFAULT_STREAM_SUBJECTS,
@@ -32,6 +31,7 @@ from outbox.stream_spec import (
 )
 from shipper.config import ShipperConfig
 from shipper.errors import StreamMismatch
+from usage_runtime.streams import StreamRefused, find_or_create_stream
 
 __all__ = [
     "STREAM_RISK_NOTE",
@@ -111,77 +111,45 @@ def _assess(info: StreamInfo, config: ShipperConfig, *, created: bool) -> Stream
     )
 
 
-async def _existing(js: JetStreamContext, config: ShipperConfig) -> StreamInfo | None:
-    """The stream to adopt: the one named in the configuration, else another that
-    captures the shipper's subjects (an operator's naming); None when there is none."""
-    try:
-        info = await js.stream_info(config.stream)
-    except NotFoundError:
-        info = None
-    if info is not None:
-        if not captures(info.config.subjects, OWN_SUBJECTS):
-            raise StreamMismatch(
-                f"stream {config.stream!r} exists with subjects {info.config.subjects}, "
-                f"which do not capture {USAGE_SUBJECTS!r}; add the subject or name another "
-                "stream with --stream"
-            )
-        return info
-    try:
-        other = await js.find_stream_name_by_subject(OWN_SUBJECTS)
-    except NotFoundError:
-        return None
-    if other:
-        info = await js.stream_info(other)
-        if captures(info.config.subjects, OWN_SUBJECTS):
-            logger.info("adopting existing stream %s", other, extra={"action": "stream_adopted"})
-            return info
-    return None
+def _own_subjects(subjects: list[str] | None) -> bool:
+    return captures(subjects, OWN_SUBJECTS)
 
 
 async def ensure_stream(js: JetStreamContext, config: ShipperConfig) -> StreamChoice:
-    """Return the stream that captures the usage subjects, creating it if allowed.
+    """Return the stream that captures the usage subjects, creating it if allowed
+    (:func:`usage_runtime.streams.find_or_create_stream`, billing's rule too).
     Raise :class:`StreamMismatch` with the reason when it cannot be used."""
-    info = await _existing(js, config)
-    if info is not None:
-        return _adopted(info, config)
-    if not config.create_stream:
+    create = StreamConfig(
+        name=config.stream,
+        subjects=list(DEFAULT_STREAM_SUBJECTS),
+        storage=StorageType.FILE,
+        num_replicas=config.replicas,
+        duplicate_window=config.duplicate_window,
+        max_age=config.stream_max_age,
+        allow_batched=True,  # fast-ingest batches: about twice the drain rate
+    )
+    try:
+        found = await find_or_create_stream(
+            js,
+            config.stream,
+            subject=OWN_SUBJECTS,
+            captures=_own_subjects,
+            wanted=USAGE_SUBJECTS,
+            create=create if config.create_stream else None,
+        )
+    except StreamRefused as exc:
+        if exc.api_error is None:
+            raise StreamMismatch(f"{exc} with --stream") from exc
+        # A refusal of the request itself (subjects overlapping an operator's stream,
+        # replicas the deployment cannot hold...): retrying cannot fix it, an operator can.
+        raise StreamMismatch(f"{exc}{await _overlapping(js)}") from exc
+    if found is None:
         raise StreamMismatch(
             f"no stream captures {USAGE_SUBJECTS!r} and --no-create-stream was given"
         )
-    subjects = list(DEFAULT_STREAM_SUBJECTS)
-    try:
-        info = await js.add_stream(
-            StreamConfig(
-                name=config.stream,
-                subjects=subjects,
-                storage=StorageType.FILE,
-                num_replicas=config.replicas,
-                duplicate_window=config.duplicate_window,
-                max_age=config.stream_max_age,
-                allow_batched=True,  # fast-ingest batches: about twice the drain rate
-            )
-        )
-    except APIError as exc:
-        if isinstance(exc, ServiceUnavailableError) or exc.code not in (400, 500):
-            raise  # no JetStream leader yet, or the like: worth a retry
-        # Billing (or another shipper) may have created it meanwhile: use whatever won.
-        info = await _existing(js, config)
-        if info is not None:
-            return _adopted(info, config)
-        # A refusal of the request itself (subjects overlapping an operator's stream,
-        # replicas the deployment cannot hold...): retrying cannot fix it, an operator can.
-        raise StreamMismatch(
-            f"cannot create stream {config.stream!r} on {subjects}: "
-            f"{exc.description} (JetStream {exc.code}/{exc.err_code})"
-            f"{await _overlapping(js)}"
-        ) from exc
-    logger.info(
-        "created stream %s on %s",
-        config.stream,
-        ", ".join(subjects),
-        extra={"action": "stream_created"},
-    )
-    return _assess(info, config, created=True)
+    if found.created:
+        return _assess(found.info, config, created=True)
+    return _adopted(found.info, config)
 
 
 def _adopted(info: StreamInfo, config: ShipperConfig) -> StreamChoice:

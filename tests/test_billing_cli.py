@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 from nats.js import JetStreamContext
 
+from billing.apply import apply_batch
 from billing.cli import main
 from billing.config import ENV, BillingConfig
 from billing.database import BillingDatabase
 from billing.decode import decode_usage_event
 from billing.errors import BillingConfigError
-from billing.store import Delivery, Rejection, Usage, apply_batch
+from billing.items import Delivery, Rejection, Usage
 from outbox.stream_spec import DEFAULT_STREAM
 from tests.fixtures.billing import publish, usage_event
 from usage_demo.processes import CliProcess, module_command

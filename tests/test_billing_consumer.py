@@ -28,8 +28,9 @@ from billing import jetstream as billing_js
 from billing.config import BillingConfig
 from billing.database import BillingDatabase
 from billing.engines import create_billing_engine
+from billing.items import Outcome
 from billing.schema import billing_records, rejected_events, wallet_transactions, wallets
-from billing.store import Outcome
+from billing.testing import BeforeSettling
 from outbox.contract import UsageEvent
 from outbox.stream_spec import DEFAULT_STREAM
 from tests.fixtures.billing import ConfigFactory, ConsumerFactory, publish, publish_raw, usage_event
@@ -141,7 +142,7 @@ async def _each_event_twice_and_redelivered(
             if message.metadata.num_delivered == 1:
                 await message.nak()
 
-    consumer = make(config, after_commit=nak_first_delivery)
+    consumer = make(config, settler=BeforeSettling(nak_first_delivery))
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
@@ -213,6 +214,7 @@ _CRASHING_CONSUMER = textwrap.dedent(
 
     from billing.config import BillingConfig
     from billing.consumer import BillingConsumer
+    from billing.testing import BeforeSettling
 
 
     async def crash(messages, outcomes):
@@ -224,7 +226,7 @@ _CRASHING_CONSUMER = textwrap.dedent(
         config = BillingConfig(
             database_url=sys.argv[1], nats_url=sys.argv[2], ack_wait=2.0, fetch_timeout=0.5
         )
-        await BillingConsumer(config, after_commit=crash).drain(10)
+        await BillingConsumer(config, settler=BeforeSettling(crash)).drain(10)
 
 
     asyncio.run(main())
@@ -499,7 +501,7 @@ async def test_stop_finishes_the_batch_in_hand_and_acknowledges_it(
 
     for event in _events(5):
         await publish(jetstream, event)
-    consumer = make_consumer(config, after_commit=stop_mid_batch)
+    consumer = make_consumer(config, settler=BeforeSettling(stop_mid_batch))
     stats = await asyncio.wait_for(consumer.run(stop), 10)
     assert stats.batches == 1
     assert stats.unpriced == 5

@@ -28,8 +28,9 @@ from billing.database import BillingDatabase
 from billing.decode import decode_usage_event
 from billing.engines import create_billing_engine
 from billing.errors import InvalidPayload
+from billing.items import Outcome
 from billing.schema import billing_records, rejected_events
-from billing.store import Outcome
+from billing.testing import BeforeSettling
 from tests.fixtures.billing import ConfigFactory, ConsumerFactory
 from usage_demo.waiting import wait_until
 
@@ -192,7 +193,7 @@ async def test_platform_events_are_billed_per_unit_and_never_merged_by_their_def
             if message.metadata.num_delivered == 1 and outcome is not Outcome.REJECTED:
                 await message.nak()
 
-    consumer = make_consumer(config, after_commit=nak_first_delivery)
+    consumer = make_consumer(config, settler=BeforeSettling(nak_first_delivery))
     await consumer.start()
     async with asyncio.timeout(20):
         while consumer.stats.received < 2 * len(events) - 1:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from billing.apply import apply_batch
 from billing.cli import main
 from billing.database import BillingDatabase
 from billing.decode import decode_usage_event
+from billing.items import Delivery, Item, Usage
 from billing.report import display_width
-from billing.store import Delivery, Item, Usage, apply_batch
 
 EVENTS = [
     # user, product, unit, amount, timestamp

@@ -21,6 +21,10 @@ from billing.engines import create_billing_sync_engine
 from billing.schema import VERSION_TABLE, metadata
 from billing.types import ExactDecimal
 
+# The keys each history's env.py locks on ("billing", "usage_ob" in ASCII).
+BILLING_LOCK_KEY = 0x62696C6C696E67
+OUTBOX_LOCK_KEY = 0x75736167655F6F62
+
 BILLING_TABLES = {"billing_records", "wallets", "wallet_transactions", "prices", "rejected_events"}
 
 
@@ -99,6 +103,25 @@ def test_billing_and_outbox_histories_share_one_database_and_downgrade_alone(
     assert "usage_outbox" in tables, "billing's downgrade left the outbox alone"
     _upgrade(engine)
     assert _drift(engine) == []
+
+
+@pytest.mark.parametrize("history", ["billing", "outbox"])
+def test_each_history_migrates_postgresql_under_its_advisory_lock(
+    pg_engine: sa.Engine, history: str
+) -> None:
+    # Both histories take PostgreSQL's lock the same way (in outbox.alembic_env): held
+    # from the migration until its transaction ends, so processes starting together take
+    # turns. Another session cannot take the key meanwhile, and can once committed.
+    upgrade = billing.migrate.upgrade if history == "billing" else outbox.migrate.upgrade
+    key = BILLING_LOCK_KEY if history == "billing" else OUTBOX_LOCK_KEY
+    try_lock = sa.text("SELECT pg_try_advisory_xact_lock(:key)")
+    with pg_engine.connect() as other:
+        with pg_engine.begin() as conn:
+            upgrade(conn)
+            assert other.scalar(try_lock, {"key": key}) is False, "the lock is held"
+            other.rollback()
+        assert other.scalar(try_lock, {"key": key}) is True, "released at commit"
+        other.rollback()
 
 
 def test_alembic_command_line_with_the_shipped_ini(tmp_path: Path) -> None:

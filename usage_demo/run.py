@@ -35,9 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from billing.config import BillingConfig
 from billing.consumer import BillingConsumer
 from billing.database import BillingDatabase
+from billing.items import Outcome
 from billing.pricing import compute_charge, quantize_usage
 from billing.report import BillingReport, aligned_table
-from billing.store import Outcome
+from billing.testing import BeforeSettling
 from outbox import Outbox, create_outbox_engine, record_usage
 from outbox import migrate as outbox_migrate
 from outbox.errors import InvalidUsageEvent
@@ -178,7 +179,7 @@ class Demo:
                     nats_url=self.nats.url,
                     ack_wait=5.0,
                 ),
-                after_commit=self.note_absorbed,
+                settler=BeforeSettling(self.note_absorbed),
             )
             billing_task = asyncio.create_task(self.consumer.run(self.stop_billing))
             await self.show_refusal()

@@ -16,6 +16,9 @@ from billing.engines import create_billing_sync_engine
 from billing.schema import VERSION_TABLE, metadata
 from outbox.alembic_env import run_env
 
+#: PostgreSQL advisory lock key held while migrating ("billing" in ASCII).
+MIGRATION_LOCK_KEY = 0x62696C6C696E67
+
 
 def _is_billing_table(name: str | None, type_: str, _parent_names: object) -> bool:
     # Only billing's tables: the outbox may live in the same database.
@@ -30,4 +33,5 @@ run_env(
     url_env="BILLING_DATABASE_URL",
     make_engine=create_billing_sync_engine,
     include_name=_is_billing_table,
+    pg_lock_key=MIGRATION_LOCK_KEY,
 )
