@@ -13,6 +13,8 @@ caller's transaction with a handful of set-based statements:
 3. ``INSERT INTO wallet_transactions``: one debit per newly billed event.
 4. ``INSERT INTO rejected_events ... ON CONFLICT DO NOTHING``: the refused deliveries.
 
+Each is one statement per batch handed straight to the driver (:mod:`billing.batch_insert`).
+
 Statements 1-4 cannot fail for a reason that belongs to one message: the decoder and the
 pricing limits have already refused anything a column could not hold. A failure here is a
 database problem and rolls back the batch; the consumer then retries message by message.
@@ -29,10 +31,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing import pg_arrays
+from billing.batch_insert import CHUNK, insert_rows
 from billing.decode import TOP_LEVEL_IDS
 from billing.items import Item, Outcome, Rejection, Usage, naive_utc, utcnow
-from billing.ledger import CHUNK, insert_debits, insert_for, update_wallets
+from billing.ledger import insert_debits, update_wallets
 from billing.pricing import PricingError, compute_charge
 from billing.schema import BILLED, DEBIT, UNPRICED, billing_records, prices, rejected_events
 
@@ -152,27 +154,12 @@ async def _prices_for(
 
 
 async def _insert_records(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
-    """Insert the rows that are new; return their keys. One statement per batch: the
-    parameter list goes through SQLAlchemy's "insertmanyvalues", which packs it into
-    multi-row ``VALUES`` pages from one cached compiled statement (building a statement
-    with the rows inlined would compile it anew for every batch: most of the time once)."""
+    """Insert the rows that are new; return their keys (one statement per batch)."""
     if not rows:
         return set()
-    if conn.dialect.name == "postgresql":
-        columns = tuple(rows[0])
-        # No conflict target: a clash on the key or on event_id is a duplicate alike.
-        tail = "ON CONFLICT DO NOTHING RETURNING idempotency_key"
-        statement_pg = pg_arrays.insert_statement(billing_records, columns, tail)
-        result = await conn.execute(statement_pg, pg_arrays.parameters(rows, columns))
-        return set(result.scalars())
-    statement = (
-        insert_for(conn, billing_records)
-        # No conflict target: a clash on the key or on event_id is a duplicate alike.
-        .on_conflict_do_nothing()
-        .returning(billing_records.c.idempotency_key)
-    )
-    result = await conn.execute(statement, list(rows))
-    return set(result.scalars())
+    # No conflict target: a clash on the key or on event_id is a duplicate alike.
+    tail = "ON CONFLICT DO NOTHING RETURNING idempotency_key"
+    return set(await insert_rows(conn, billing_records, tuple(rows[0]), rows, tail))
 
 
 async def _insert_rejections(
@@ -196,6 +183,5 @@ async def _insert_rejections(
         )
     if not rows:
         return
-    e = rejected_events
-    keys = [e.c.stream, e.c.stream_seq, e.c.payload_sha256]
-    await conn.execute(insert_for(conn, e).on_conflict_do_nothing(index_elements=keys), rows)
+    tail = "ON CONFLICT (stream, stream_seq, payload_sha256) DO NOTHING"
+    await insert_rows(conn, rejected_events, tuple(rows[0]), rows, tail)

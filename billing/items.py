@@ -21,7 +21,9 @@ class Outcome(enum.StrEnum):
     RETRY = "retry"  # could not be stored (database problem): redelivered later
 
 
-@dataclass(frozen=True, slots=True)
+# Delivery and Usage are made for every event: not frozen, which costs about 0.3 us per
+# field set (measured); nothing mutates them.
+@dataclass(slots=True)
 class Delivery:
     """Where a message came from: enough to find it again in the stream."""
 
@@ -34,7 +36,7 @@ class Delivery:
     stream_created: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Usage:
     """A delivery whose payload decoded into a usage record."""
 

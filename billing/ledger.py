@@ -1,13 +1,14 @@
 """The ledger writes that both billing an event and repricing one make: the wallet
 deltas (one upsert per user, in user order) and the debits.
 
-``insert_for`` gives the dialect's ``INSERT`` with ``ON CONFLICT`` support; ``chunks``
-keeps each statement under SQLite's bound-parameter limit.
+Both go to the driver through :func:`billing.batch_insert.insert_rows`. ``insert_for``
+gives the dialect's SQLAlchemy ``INSERT`` with ``ON CONFLICT`` support, for the
+one-row statements elsewhere (setting a price).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -16,11 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing import pg_arrays
+from billing.batch_insert import insert_rows
 from billing.schema import wallet_transactions, wallets
-
-# Rows per INSERT statement: keeps every statement under SQLite's bound-parameter limit.
-CHUNK = 500
 
 
 def insert_for(conn: AsyncConnection, table: sa.Table) -> Any:
@@ -33,47 +31,19 @@ def insert_for(conn: AsyncConnection, table: sa.Table) -> Any:
     raise NotImplementedError(f"billing supports SQLite and PostgreSQL, not {name}")
 
 
-def chunks(rows: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(rows), CHUNK):
-        yield rows[start : start + CHUNK]
-
-
 async def update_wallets(conn: AsyncConnection, deltas: dict[str, Decimal], now: datetime) -> None:
-    if not deltas:
-        return
-    statement = insert_for(conn, wallets)
-    statement = statement.on_conflict_do_update(
-        index_elements=[wallets.c.user_id],
-        set_={
-            "balance": wallets.c.balance + statement.excluded.balance,
-            "updated_at": statement.excluded.updated_at,
-        },
-    )
+    """Add each user's delta to their wallet (created at 0 when new), in user order: two
+    PostgreSQL transactions then lock the wallets they share in the same order."""
     rows = [
         {"user_id": user, "balance": deltas[user], "updated_at": now} for user in sorted(deltas)
     ]
-    if conn.dialect.name == "postgresql":
-        columns = ("user_id", "balance", "updated_at")
-        tail = (
-            "ON CONFLICT (user_id) DO UPDATE SET balance = wallets.balance + excluded.balance,"
-            " updated_at = excluded.updated_at"
-        )
-        await conn.execute(
-            pg_arrays.insert_statement(wallets, columns, tail), pg_arrays.parameters(rows, columns)
-        )
-        return
-    await conn.execute(statement, rows)
+    tail = (
+        "ON CONFLICT (user_id) DO UPDATE SET balance = wallets.balance + excluded.balance,"
+        " updated_at = excluded.updated_at"
+    )
+    await insert_rows(conn, wallets, ("user_id", "balance", "updated_at"), rows, tail)
 
 
 async def insert_debits(conn: AsyncConnection, debits: Sequence[dict[str, Any]]) -> None:
-    if not debits:
-        return
-    if conn.dialect.name == "postgresql":
-        columns = ("user_id", "event_id", "kind", "amount", "created_at")
-        await conn.execute(
-            pg_arrays.insert_statement(wallet_transactions, columns),
-            pg_arrays.parameters(debits, columns),
-        )
-        return
-    for chunk in chunks(debits):
-        await conn.execute(wallet_transactions.insert(), list(chunk))
+    columns = ("user_id", "event_id", "kind", "amount", "created_at")
+    await insert_rows(conn, wallet_transactions, columns, debits)
