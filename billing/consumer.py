@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing import jetstream, migrate
 from billing.apply import apply_batch
 from billing.audit import audit
+from billing.checkpoint import WalCheckpointer
 from billing.config import BillingConfig
 from billing.connect import connect
 from billing.engines import create_billing_engine
@@ -54,6 +55,7 @@ from billing.reading import report
 from billing.report import Audit, BillingReport
 from billing.settle import FLUSH_TIMEOUT, JetStreamSettler, Settler
 from billing.stats import ConsumerStats
+from outbox.sqlite import sqlite_file
 from usage_runtime.signals import sleep_unless_stopped
 
 __all__ = ["BillingConsumer", "ConsumerStats"]
@@ -89,6 +91,8 @@ class BillingConsumer:
         self.stats = ConsumerStats()
         self._engine = engine
         self._owns_engine = engine is None
+        #: Checkpoints SQLite's WAL off the commit path (own SQLite engine only).
+        self.checkpointer: WalCheckpointer | None = None
         self._settler: Settler = settler or JetStreamSettler()
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -109,7 +113,13 @@ class BillingConsumer:
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
-            self._engine = create_billing_engine(self.config.database_url)
+            # Its own engine checkpoints SQLite's WAL off the commit path (billing.checkpoint).
+            self._engine = create_billing_engine(
+                self.config.database_url, checkpoint_on_commit=False
+            )
+            path = sqlite_file(self._engine.url)
+            if path is not None:
+                self.checkpointer = WalCheckpointer(path)
         return self._engine
 
     @property
@@ -128,6 +138,8 @@ class BillingConsumer:
         self._closing = False
         # Serve /healthz at once, and /readyz (503 until consuming) while NATS is awaited.
         await self.metrics.start(self.engine)
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         if self.config.migrate:
             await migrate.upgrade_engine(self.engine)
         self.state = "connecting"
@@ -184,6 +196,9 @@ class BillingConsumer:
         if self._owns_engine and self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+        checkpointer, self.checkpointer = self.checkpointer, None
+        if checkpointer is not None:
+            await checkpointer.stop()
 
     async def __aenter__(self) -> Self:
         return self

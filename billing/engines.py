@@ -41,13 +41,31 @@ def async_url(url: str | sa.URL) -> sa.URL:
     return parsed
 
 
-def create_billing_engine(url: str | sa.URL, **engine_kwargs: Any) -> AsyncEngine:
-    """An async engine; on SQLite with WAL, busy_timeout and BEGIN IMMEDIATE."""
+def create_billing_engine(
+    url: str | sa.URL, *, checkpoint_on_commit: bool = True, **engine_kwargs: Any
+) -> AsyncEngine:
+    """An async engine; on SQLite with WAL, busy_timeout and BEGIN IMMEDIATE.
+
+    ``checkpoint_on_commit=False`` (SQLite): commits never checkpoint the WAL; the caller
+    must (the consumer runs :class:`billing.checkpoint.WalCheckpointer`).
+    """
     engine = create_async_engine(async_url(url), **engine_kwargs)
     if is_sqlite(engine.url):
         create_private_on_connect(engine.sync_engine)
         configure_sqlite(engine.sync_engine)
+        if not checkpoint_on_commit:
+            _no_checkpoint_on_commit(engine.sync_engine)
     return engine
+
+
+def _no_checkpoint_on_commit(engine: sa.Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA wal_autocheckpoint = 0")
+        finally:
+            cursor.close()
 
 
 def create_billing_sync_engine(url: str | sa.URL, **engine_kwargs: Any) -> sa.Engine:
