@@ -12,7 +12,8 @@ from nats.js import JetStreamContext
 from billing import jetstream as billing_js
 from billing.checkpoint import checkpoint
 from outbox.sqlite import sqlite_file
-from tests.fixtures.billing import ConfigFactory, ConsumerFactory, publish, usage_event, wait_until
+from tests.fixtures.billing import ConfigFactory, ConsumerFactory, publish, usage_event
+from usage_demo.waiting import wait_until
 
 
 async def test_the_consumer_checkpoints_off_the_commit_path_and_at_close(
@@ -30,7 +31,7 @@ async def test_the_consumer_checkpoints_off_the_commit_path_and_at_close(
     assert consumer.stats.unpriced == 50
     checkpointer = consumer.checkpointer
     assert checkpointer is not None
-    await wait_until(lambda: checkpointer.checkpoints >= 1, what="a checkpoint while running")
+    await wait_until(lambda: checkpointer.checkpoints >= 1, message="a checkpoint while running")
     await consumer.close()
     path = sqlite_file(config.database_url)
     assert path is not None
