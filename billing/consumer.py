@@ -43,7 +43,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing import jetstream, migrate
 from billing.apply import apply_batch
 from billing.audit import audit
-from billing.checkpoint import WalCheckpointer
 from billing.config import BillingConfig
 from billing.connect import connect
 from billing.engines import create_billing_engine
@@ -55,6 +54,7 @@ from billing.reading import report
 from billing.report import Audit, BillingReport
 from billing.settle import FLUSH_TIMEOUT, JetStreamSettler, Settler
 from billing.stats import ConsumerStats
+from outbox.checkpoints import WalCheckpointer
 from outbox.sqlite import sqlite_file
 from usage_runtime.signals import sleep_unless_stopped
 
@@ -113,13 +113,13 @@ class BillingConsumer:
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
-            # Its own engine checkpoints SQLite's WAL off the commit path (billing.checkpoint).
+            # Its own engine checkpoints SQLite's WAL off the commit path (outbox.checkpoints).
             self._engine = create_billing_engine(
                 self.config.database_url, checkpoint_on_commit=False
             )
             path = sqlite_file(self._engine.url)
             if path is not None:
-                self.checkpointer = WalCheckpointer(path)
+                self.checkpointer = WalCheckpointer(path, name="billing-wal-checkpointer")
         return self._engine
 
     @property

@@ -47,7 +47,7 @@ def create_billing_engine(
     """An async engine; on SQLite with WAL, busy_timeout and BEGIN IMMEDIATE.
 
     ``checkpoint_on_commit=False`` (SQLite): commits never checkpoint the WAL; the caller
-    must (the consumer runs :class:`billing.checkpoint.WalCheckpointer`).
+    must (the consumer runs :class:`outbox.checkpoints.WalCheckpointer`).
     """
     engine = create_async_engine(async_url(url), **engine_kwargs)
     if is_sqlite(engine.url):

@@ -1,5 +1,5 @@
 """The consumer's SQLite commits do not checkpoint the WAL (that stalled billing for up to
-~200 ms every few seconds, see billing/checkpoint.py); its checkpointer does, off the
+~200 ms every few seconds, see outbox/checkpoints.py); its checkpointer does, off the
 commit path, and once more at close."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from nats.js import JetStreamContext
 
 from billing import jetstream as billing_js
-from billing.checkpoint import checkpoint
+from outbox.checkpoints import checkpoint
 from outbox.sqlite import sqlite_file
 from tests.fixtures.billing import ConfigFactory, ConsumerFactory, publish, usage_event
 from usage_demo.waiting import wait_until

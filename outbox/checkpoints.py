@@ -1,17 +1,20 @@
-"""SQLite WAL checkpoints off the consumer's commit path.
+"""SQLite WAL checkpoints from a connection of their own, off the commit path (billing).
 
 SQLite's default checkpoints from the connection that commits, once the WAL passes 1,000
-pages: that commit then copies the WAL into the database file and fsyncs it. Measured in
-``bench.billing`` at a steady 1,000 events/s on a shared machine, those commits stalled
-the consumer for up to ~200 ms every few seconds: stored -> billed p99 181-316 ms with
-them, 35 ms without (p50 8-26 ms either way). So the consumer's own SQLite engine does not
-checkpoint on commit (``PRAGMA wal_autocheckpoint = 0``), and :class:`WalCheckpointer`
-runs a ``PASSIVE`` checkpoint every second from a connection of its own in a worker
-thread: a passive checkpoint never blocks a writer, and the fsync happens off the loop.
+pages: that commit then copies the WAL into the database file and fsyncs it, with the
+write lock still held. Measured in ``bench.billing`` at a steady 1,000 events/s on a shared
+machine, those commits stalled the consumer for up to ~200 ms every few seconds: stored ->
+billed p99 181-316 ms with them, 35 ms without (p50 8-26 ms either way).
+
+So billing writes with ``PRAGMA wal_autocheckpoint = 0`` and :class:`WalCheckpointer`
+runs a ``PASSIVE`` checkpoint every ``every`` seconds from a connection of its own in a
+worker thread: a passive checkpoint never blocks a writer, and the fsync happens off the
+loop. (The shipper, which writes without pause while it drains, checkpoints between its
+own writes instead: :mod:`outbox.transactions` says why.)
 
 Nothing is at risk if it falls behind or fails: the WAL is the durable copy until it is
 checkpointed; it only grows. A failed checkpoint is logged (``wal_checkpoint_failed``)
-and tried again; the consumer checkpoints once more when it closes.
+and tried again; the owner checkpoints once more when it closes.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import logging
 import sqlite3
 from typing import Final
 
-logger = logging.getLogger("billing.checkpoint")
+logger = logging.getLogger("outbox.checkpoints")
 
 EVERY: Final = 1.0
 
@@ -41,15 +44,16 @@ def checkpoint(path: str, busy_timeout_ms: int = 5_000) -> tuple[int, int, int]:
 class WalCheckpointer:
     """Checkpoints ``path`` every ``every`` seconds until stopped."""
 
-    def __init__(self, path: str, every: float = EVERY) -> None:
+    def __init__(self, path: str, every: float = EVERY, *, name: str = "wal-checkpointer") -> None:
         self.path = path
         self.every = every
+        self.name = name
         self.checkpoints = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="billing-wal-checkpointer")
+            self._task = asyncio.create_task(self.run(), name=self.name)
 
     async def stop(self) -> None:
         """Stop the loop, then checkpoint once more (the WAL's tail goes home at close)."""
@@ -59,14 +63,15 @@ class WalCheckpointer:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await self._once()
+        await self.once()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Checkpoint every ``every`` seconds, for ever (a task to cancel)."""
         while True:
             await asyncio.sleep(self.every)
-            await self._once()
+            await self.once()
 
-    async def _once(self) -> None:
+    async def once(self) -> None:
         try:
             await asyncio.to_thread(checkpoint, self.path)
             self.checkpoints += 1
