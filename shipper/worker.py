@@ -62,9 +62,9 @@ PROBLEM_NOTE = "problem"
 DATABASE_TROUBLE = "outbox database: "
 #: Longest writing a note may hold up the loop (the database may be slow or full).
 NOTE_TIMEOUT = 2.0
-#: Write transactions between two passive WAL checkpoints (see Transactions): with a
-#: writer committing beside a 100,000-row drain the WAL peaked at 89 MiB with 4, 20 with 1.
-CHECKPOINT_EVERY = 1
+#: Seconds between two passive WAL checkpoints, each after a write transaction on the
+#: database thread (see :mod:`outbox.transactions` for what was measured).
+CHECKPOINT_INTERVAL = 0.25
 
 
 class Shipper:
@@ -365,7 +365,7 @@ class Shipper:
         if self._db is None:
             # WAL checkpoints after the write lock is dropped, not inside a commit that
             # holds it (SQLite's automatic checkpoint would make writers wait for it).
-            self._db = Transactions(self.engine, checkpoint_every=CHECKPOINT_EVERY)
+            self._db = Transactions(self.engine, checkpoint_interval=CHECKPOINT_INTERVAL)
             self._lease = Lease(
                 self.engine,
                 owner=self.owner,
