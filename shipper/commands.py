@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from outbox import migrate, store
+from outbox import leases, migrate, store
 from outbox.drivers import missing_driver
 from outbox.errors import ConfigError, OutboxSchemaError
 from outbox.sqlite import create_outbox_engine, sqlite_file
@@ -118,9 +118,10 @@ async def status(url: str) -> None:
         if current.sent:
             print(f"sent (kept)         {current.sent}")
         print(f"last error          {current.last_error or '-'}")
-        print(f"lease               {_lease_text(await store.lease_holder(conn, name=LEASE_NAME))}")
+        holder = await leases.lease_holder(conn, name=LEASE_NAME)
+        print(f"lease               {_lease_text(holder)}")
         try:
-            notes = await store.read_notes(conn)
+            notes = await leases.read_notes(conn)
         except SQLAlchemyError:  # an outbox no shipper has upgraded to revision 0003 yet
             notes = {}
         for name, (text, since) in notes.items():

@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from outbox import store
+from outbox import leases, store
 from outbox.transactions import Transactions
 from shipper.errors import LeaseLost
 from usage_runtime.signals import sleep_unless_stopped
@@ -84,12 +84,12 @@ class Lease:
             try:
                 async with self.engine.begin() as conn:
                     now = time.time()
-                    if await store.take_lease(
+                    if await leases.take_lease(
                         conn, name=LEASE_NAME, owner=self.owner, now=now, ttl=self.ttl
                     ):
                         counted = await store.recover_in_flight(conn, name=LEASE_NAME)
                     else:
-                        holder = await store.lease_holder(conn, name=LEASE_NAME)
+                        holder = await leases.lease_holder(conn, name=LEASE_NAME)
                         if holder is not None and holder_is_gone(holder[0]):
                             counted = await self._take_over(conn, holder[0], now)
             except SQLAlchemyError as exc:
@@ -130,7 +130,7 @@ class Lease:
     async def _take_over(self, conn: AsyncConnection, previous: str, now: float) -> int | None:
         """Take the lease of a holder known to be gone; the rows counted as in
         :meth:`acquire`, or None if someone else was quicker."""
-        if not await store.take_over_lease(
+        if not await leases.take_over_lease(
             conn, name=LEASE_NAME, owner=self.owner, previous=previous, now=now, ttl=self.ttl
         ):
             return None
@@ -167,10 +167,10 @@ class Lease:
         in the busy handler."""
         if self._db is not None:
             return await self._db.write(
-                store.renew_lease, name=LEASE_NAME, owner=self.owner, now=time.time(), ttl=self.ttl
+                leases.renew_lease, name=LEASE_NAME, owner=self.owner, now=time.time(), ttl=self.ttl
             )
         async with self.engine.begin() as conn:
-            return await store.take_lease(
+            return await leases.take_lease(
                 conn, name=LEASE_NAME, owner=self.owner, now=time.time(), ttl=self.ttl
             )
 
@@ -179,14 +179,14 @@ class Lease:
         recorded in flight."""
         async with self.engine.begin() as conn:
             await self._count_unsettled(conn)
-            await store.drop_lease(conn, name=LEASE_NAME, owner=self.owner)
+            await leases.drop_lease(conn, name=LEASE_NAME, owner=self.owner)
 
     async def _count_unsettled(self, conn: AsyncConnection) -> None:
         """A clean stop settles everything first, so rows are still recorded in flight
         only when the run ends on an exception. Dropping the lease would drop that
         evidence, and a row that crashes the process would be retried for ever instead
         of reaching ``max_attempts``."""
-        holder = await store.lease_holder(conn, name=LEASE_NAME)
+        holder = await leases.lease_holder(conn, name=LEASE_NAME)
         if holder is None or holder[0] != self.owner:
             return  # not ours (any more): its holder counts
         counted = await store.recover_in_flight(conn, name=LEASE_NAME)

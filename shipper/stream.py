@@ -44,7 +44,7 @@ __all__ = [
 
 logger = logging.getLogger("shipper.stream")
 
-#: The outbox note (``outbox.store.put_note``) that carries :attr:`StreamChoice.risk_text`.
+#: The outbox note (``outbox.leases.put_note``) that carries :attr:`StreamChoice.risk_text`.
 STREAM_RISK_NOTE = "stream_risk"
 
 

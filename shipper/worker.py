@@ -38,7 +38,7 @@ import tenacity
 from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox import migrate, store
+from outbox import leases, migrate
 from outbox.errors import OutboxStoreError
 from outbox.sqlite import create_outbox_engine, sqlite_file
 from outbox.transactions import Transactions
@@ -56,7 +56,7 @@ from usage_runtime.signals import sleep_unless_stopped
 
 logger = logging.getLogger("shipper")
 
-#: The outbox note (``outbox.store.put_note``) naming the problem the shipper waits out.
+#: The outbox note (``outbox.leases.put_note``) naming the problem the shipper waits out.
 PROBLEM_NOTE = "problem"
 #: How a problem of the outbox database itself begins.
 DATABASE_TROUBLE = "outbox database: "
@@ -297,9 +297,9 @@ class Shipper:
         try:
             async with asyncio.timeout(NOTE_TIMEOUT), self.engine.begin() as conn:
                 if text:
-                    await store.put_note(conn, name, text, now=time.time())
+                    await leases.put_note(conn, name, text, now=time.time())
                 else:
-                    await store.clear_note(conn, name)
+                    await leases.clear_note(conn, name)
         except (SQLAlchemyError, TimeoutError) as exc:
             logger.debug("could not write the %s note: %s", name, exc)
             return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from billing.report import BillingReport, UserTotals, display_width
-from usage_demo.run import user_table
+from usage_demo.recording import user_table
 
 
 def _user(user_id: str, billed: int, charged: str) -> UserTotals:

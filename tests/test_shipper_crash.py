@@ -15,7 +15,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from outbox import store
+from outbox import leases, store
 from outbox.sqlite import create_outbox_engine, sqlite_url
 from outbox.stream_spec import DEFAULT_STREAM
 from shipper.lease import LEASE_NAME
@@ -47,7 +47,7 @@ async def test_recover_in_flight_counts_one_attempt_on_the_dead_shippers_rows(
     engine = create_outbox_engine(sqlite_url(outbox_path))
     try:
         async with engine.begin() as conn:
-            taken = await store.take_lease(
+            taken = await leases.take_lease(
                 conn, name=LEASE_NAME, owner="next", now=time.time(), ttl=5
             )
             assert taken  # the dead shipper's lease had expired

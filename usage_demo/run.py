@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import contextvars
 import os
 import sys
 import tempfile
@@ -37,15 +36,15 @@ from billing.consumer import BillingConsumer
 from billing.database import BillingDatabase
 from billing.items import Outcome
 from billing.pricing import compute_charge, quantize_usage
-from billing.report import BillingReport, aligned_table
 from billing.testing import BeforeSettling
-from outbox import Outbox, create_outbox_engine, record_usage
+from outbox import create_outbox_engine, record_usage
 from outbox import migrate as outbox_migrate
 from outbox.errors import InvalidUsageEvent
 from outbox.schema import lease_table, outbox_table
 from outbox.stream_spec import DEFAULT_STREAM
 from usage_demo.natsserver import NatsServer
 from usage_demo.processes import CliProcess, module_command
+from usage_demo.recording import REPLAY_PREFIX, RecordingOutbox, current_call, user_table
 from usage_demo.traffic import (
     PRICES,
     Call,
@@ -131,13 +130,13 @@ class Demo:
     async def record(self, call: Call, sessions: async_sessionmaker[AsyncSession]) -> None:
         if call.service == "legacy-chat":
             service = LegacyChatService(call.product_id, call.provider)
-            token = _current_call.set(call)
+            token = current_call.set(call)
             try:
                 ok = await service._publish_usage_event(
                     call.user_id, call.service_type, call.operation, **call.usage
                 )
             finally:
-                _current_call.reset(token)
+                current_call.reset(token)
             if not ok:
                 raise RuntimeError(f"legacy service could not record {call}")
             await self.notify_progress()
@@ -455,43 +454,6 @@ class Demo:
         print()
         print("all checks passed" if not failed else f"{failed} checks FAILED")
         return 0 if not failed else 1
-
-
-def user_table(report: BillingReport) -> list[str]:
-    """The per-user lines of the verdict, then the totals: billing's own table layout,
-    which pads by display width, so a CJK user id lines up with the others."""
-    rows = [
-        (u.user_id, str(u.billed_events), str(u.unpriced_events), str(u.charged), str(u.balance))
-        for u in report.users
-    ]
-    total = (
-        "total",
-        str(report.billed_events),
-        str(report.unpriced_events),
-        str(report.total_charged),
-        str(report.total_balance),
-    )
-    return aligned_table(("user", "billed", "unpriced", "charged", "balance"), rows, total)
-
-
-#: Replays carry this before the original message id, as a fresh Nats-Msg-Id.
-REPLAY_PREFIX = "replay-"
-
-_current_call: contextvars.ContextVar[Call] = contextvars.ContextVar("current_call")
-
-
-class RecordingOutbox(Outbox):
-    """The legacy method returns only a bool; this notes which event id each call got,
-    for the exactly-once check at the end."""
-
-    def __init__(self, path: Path, written: dict[str, Call]) -> None:
-        super().__init__(path, run_migrations=False)  # migrated by the demo already
-        self.written = written
-
-    async def record(self, **event: Any) -> str:
-        event_id = await super().record(**event)
-        self.written[event_id] = _current_call.get()
-        return event_id
 
 
 def _parser() -> argparse.ArgumentParser:
