@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 import nats.errors
 from nats.aio.client import Client
 
+from usage_runtime.signals import cancel_until_done
+
 logger = logging.getLogger("usage_runtime.nats")
 
 #: What to check when NATS refuses the connection, for the one-line start-up error.
@@ -157,9 +159,7 @@ def _uses_tls(client: Client) -> bool | None:
 
 async def _abandon(client: Client, attempt: asyncio.Future[Any]) -> None:
     """Stop a connect attempt and release its socket, without waiting for ever."""
-    attempt.cancel()
-    with contextlib.suppress(BaseException):
-        await attempt
+    await cancel_until_done(attempt, _ABANDON_TIMEOUT)
     writer = getattr(getattr(client, "_transport", None), "_io_writer", None)
     if writer is not None:
         with contextlib.suppress(Exception):

@@ -67,9 +67,31 @@ async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T
         await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, stopping, return_exceptions=True)
-    if task.cancelled():
+        await cancel_until_done(task)
+        await asyncio.gather(stopping, return_exceptions=True)
+    if not task.done() or task.cancelled():
         return None
     return task.result()
+
+
+#: How long :func:`cancel_until_done` keeps cancelling before it gives up on a task.
+CANCEL_WITHIN = 2.0
+_CANCEL_AGAIN = 0.05
+
+
+async def cancel_until_done(task: asyncio.Future[Any], within: float = CANCEL_WITHIN) -> bool:
+    """Cancel ``task`` and wait for it to end, cancelling it again every 50 ms: on Python
+    3.11 ``asyncio.wait_for`` loses a cancel that arrives as its inner call fails, and
+    nats-py's first connect (with ``max_reconnect_attempts=-1``) then retries for ever,
+    every ``reconnect_time_wait`` (seen: ``usage-billing run`` still connecting 10 s after
+    SIGTERM). False when it had not ended after ``within`` seconds (it is left running)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not task.done():
+        task.cancel()
+        await asyncio.wait((task,), timeout=min(_CANCEL_AGAIN, max(0.0, deadline - loop.time())))
+        if loop.time() >= deadline:
+            break
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: the caller decides what an ending like that means
+    return task.done()
