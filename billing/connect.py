@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 
 from billing.config import BillingConfig
 from billing.errors import BillingConfigError
-from usage_runtime.nats import CREDENTIAL_HINT, NatsRefused, auth_options, open_connection
+from usage_runtime.nats import CREDENTIAL_HINT, NatsRefused, auth_options_of, open_connection
 from usage_runtime.signals import sleep_unless_stopped, unless_stopped
 
 logger = logging.getLogger("billing.consumer")
@@ -42,16 +42,7 @@ async def connect(
                 "connect_timeout": int(max(1, config.connect_timeout)),
                 "max_reconnect_attempts": -1,  # once connected, outlive broker restarts
                 "reconnect_time_wait": 1,
-                **auth_options(
-                    user=config.nats_user,
-                    password=config.nats_password,
-                    token=config.nats_token,
-                    nkey_seed_file=config.nats_nkey_seed_file,
-                    creds_file=config.nats_creds_file,
-                    tls_ca_file=config.tls_ca_file,
-                    tls_cert_file=config.tls_cert_file,
-                    tls_key_file=config.tls_key_file,
-                ),
+                **auth_options_of(config),
             }
             connecting = open_connection(
                 config.nats_servers,

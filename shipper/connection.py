@@ -18,7 +18,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from shipper.config import ShipperConfig
-from usage_runtime.nats import auth_options, open_connection
+from usage_runtime.nats import auth_options_of, open_connection
 
 logger = logging.getLogger("shipper.connection")
 
@@ -33,18 +33,7 @@ def connect_options(config: ShipperConfig) -> dict[str, Any]:
         "allow_reconnect": True,
         "name": "usage-shipper",
     }
-    options.update(
-        auth_options(
-            user=config.nats_user,
-            password=config.nats_password,
-            token=config.nats_token,
-            nkey_seed_file=config.nats_nkey_seed_file,
-            creds_file=config.nats_creds_file,
-            tls_ca_file=config.tls_ca_file,
-            tls_cert_file=config.tls_cert_file,
-            tls_key_file=config.tls_key_file,
-        )
-    )
+    options.update(auth_options_of(config))
     return options
 
 

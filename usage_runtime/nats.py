@@ -26,7 +26,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import nats.errors
@@ -86,6 +86,41 @@ def tls_context(
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise NatsRefused(f"TLS files cannot be used: {exc}") from exc
     return context
+
+
+class NatsAuthSettings(Protocol):
+    """The credential and TLS settings both processes' configs carry, by the same names."""
+
+    @property
+    def nats_user(self) -> str | None: ...
+    @property
+    def nats_password(self) -> str | None: ...
+    @property
+    def nats_token(self) -> str | None: ...
+    @property
+    def nats_nkey_seed_file(self) -> str | None: ...
+    @property
+    def nats_creds_file(self) -> str | None: ...
+    @property
+    def tls_ca_file(self) -> str | None: ...
+    @property
+    def tls_cert_file(self) -> str | None: ...
+    @property
+    def tls_key_file(self) -> str | None: ...
+
+
+def auth_options_of(settings: NatsAuthSettings) -> dict[str, Any]:
+    """:func:`auth_options` for a process's config (the shipper's or billing's)."""
+    return auth_options(
+        user=settings.nats_user,
+        password=settings.nats_password,
+        token=settings.nats_token,
+        nkey_seed_file=settings.nats_nkey_seed_file,
+        creds_file=settings.nats_creds_file,
+        tls_ca_file=settings.tls_ca_file,
+        tls_cert_file=settings.tls_cert_file,
+        tls_key_file=settings.tls_key_file,
+    )
 
 
 def auth_options(
