@@ -28,8 +28,6 @@ from tests.fixtures.shipper import (
 )
 from usage_demo.natsserver import NatsServer
 
-NOBODY = 65534
-
 
 def _help(*argv: str) -> str:
     result = run_module(*argv, "--help", timeout=60)
@@ -105,8 +103,8 @@ async def test_a_plain_sqlalchemy_sqlite_url_and_a_flag_run_a_burst(
 
 @pytest.fixture
 def read_only_outbox() -> Iterator[Path]:
-    """A migrated outbox with one dead row, in a directory nobody but root may write
-    (and, when the tests run as root, read by the unprivileged user ``nobody``)."""
+    """A migrated outbox with one dead row, read-only, in a read-only directory (for root
+    too once its capabilities are dropped: see the test)."""
     directory = Path(tempfile.mkdtemp(prefix="usage-outbox-ro-"))
     path = directory / "outbox.db"
     try:
@@ -131,12 +129,14 @@ def read_only_outbox() -> Iterator[Path]:
 def test_status_and_dead_list_work_on_a_read_only_file(
     read_only_outbox: Path, argv: list[str]
 ) -> None:
-    # root may write any file: run as an unprivileged user then, so read-only is real.
+    # root may write any file: run it without its capabilities then (CAP_DAC_OVERRIDE
+    # above all), so read-only is real. Not as another user: that user might not be able
+    # to read the checkout (a clone in a private temporary directory).
     as_user: list[str] = []
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
-        assert setpriv is not None, "setpriv (util-linux) runs the command as nobody"
-        as_user = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        assert setpriv is not None, "setpriv (util-linux) runs the command without capabilities"
+        as_user = [setpriv, "--bounding-set=-all", "--inh-caps=-all"]
     result = subprocess.run(
         [*as_user, sys.executable, "-m", "shipper", *argv, "--database-url", str(read_only_outbox)],
         env=shipper_env(),
