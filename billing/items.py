@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 from nats.aio.msg import Msg
 
@@ -76,9 +77,28 @@ def naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
-def item_from_message(message: Msg, stream_created: int) -> Item:
-    """Decode one JetStream message: a :class:`Usage`, or a :class:`Rejection` with the
-    reason the contract refused it."""
+#: ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>``
+_V1_ACK_TOKENS: Final = 9
+
+
+def _delivery_of(message: Msg, stream_created: int) -> tuple[Delivery, datetime]:
+    """Where the message came from, and when its stream stored it, from its reply subject.
+
+    The common reply form is parsed here, about 2 us less per message than nats-py's
+    ``Msg.metadata`` (frozen dataclasses); any other form (a JetStream domain, a newer
+    server's longer form) goes through ``Msg.metadata``.
+    """
+    reply = message.reply
+    tokens = reply.split(".") if reply else []
+    if len(tokens) == _V1_ACK_TOKENS and tokens[0] == "$JS" and tokens[1] == "ACK":
+        delivery = Delivery(
+            stream=tokens[2],
+            stream_seq=int(tokens[5]),
+            subject=message.subject,
+            deliveries=int(tokens[4]),
+            stream_created=stream_created,
+        )
+        return delivery, datetime.fromtimestamp(int(tokens[7]) / 1_000_000_000, UTC)
     metadata = message.metadata
     delivery = Delivery(
         stream=metadata.stream,
@@ -87,8 +107,15 @@ def item_from_message(message: Msg, stream_created: int) -> Item:
         deliveries=metadata.num_delivered,
         stream_created=stream_created,
     )
+    return delivery, metadata.timestamp
+
+
+def item_from_message(message: Msg, stream_created: int) -> Item:
+    """Decode one JetStream message: a :class:`Usage`, or a :class:`Rejection` with the
+    reason the contract refused it."""
+    delivery, stored_at = _delivery_of(message, stream_created)
     try:
-        record = decode_usage_event(message.data, stored_at=metadata.timestamp)
+        record = decode_usage_event(message.data, stored_at=stored_at)
         return Usage(delivery, record, message.data)
     except InvalidPayload as exc:
         return Rejection(delivery, message.data, exc.reason, event_id=exc.event_id)
