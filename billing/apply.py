@@ -22,14 +22,14 @@ database problem and rolls back the batch; the consumer then retries message by 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.batch_insert import CHUNK, insert_rows
 from billing.decode import TOP_LEVEL_IDS
@@ -37,10 +37,11 @@ from billing.items import Item, Outcome, Rejection, Usage, naive_utc, utcnow
 from billing.ledger import insert_debits, update_wallets
 from billing.pricing import PricingError, compute_charge
 from billing.schema import BILLED, DEBIT, UNPRICED, billing_records, prices, rejected_events
+from billing.types import ExactDecimal
 
 
-async def apply_batch(
-    conn: AsyncConnection, items: Sequence[Item], *, now: datetime | None = None
+def apply_batch(
+    conn: sa.Connection, items: Sequence[Item], *, now: datetime | None = None
 ) -> list[Outcome]:
     """Apply ``items`` in the caller's transaction; return one outcome per item, in order.
 
@@ -59,7 +60,7 @@ async def apply_batch(
                 candidates[item.key] = index
 
     products = {item.record.product_id for item in items if isinstance(item, Usage)}
-    price_of = await _prices_for(conn, products)
+    price_of = _prices_for(conn, products)
     rejections: list[tuple[int, Rejection]] = [
         (i, item) for i, item in enumerate(items) if isinstance(item, Rejection)
     ]
@@ -102,7 +103,7 @@ async def apply_batch(
     # In key order: two PostgreSQL consumers inserting overlapping batches then wait
     # on each other's unique-index entries in the same order and cannot deadlock.
     record_rows.sort(key=lambda row: str(row["idempotency_key"]))
-    inserted = await _insert_records(conn, record_rows)
+    inserted = _insert_records(conn, record_rows)
     deltas: dict[str, Decimal] = {}
     debits: list[dict[str, Any]] = []
     for row in record_rows:
@@ -126,10 +127,10 @@ async def apply_batch(
                 "created_at": now,
             }
         )
-    await update_wallets(conn, deltas, now)
-    await insert_debits(conn, debits)
+    update_wallets(conn, deltas, now)
+    insert_debits(conn, debits)
 
-    await _insert_rejections(conn, [r for _, r in rejections], now)
+    _insert_rejections(conn, [r for _, r in rejections], now)
     for index, _ in rejections:
         outcomes[index] = Outcome.REJECTED
 
@@ -137,34 +138,52 @@ async def apply_batch(
     return [o for o in outcomes if o is not None]
 
 
-async def _prices_for(
-    conn: AsyncConnection, product_ids: set[str]
-) -> dict[tuple[str, str], Decimal]:
+def _prices_for(conn: sa.Connection, product_ids: set[str]) -> dict[tuple[str, str], Decimal]:
+    """The prices of ``product_ids`` by ``(product_id, unit_type)``, in one statement per
+    :data:`CHUNK` products handed straight to the driver: SQLAlchemy's expanding ``IN``
+    was about 1 ms of every batch (measured), for a handful of rows."""
     found: dict[tuple[str, str], Decimal] = {}
     ids = sorted(product_ids)
+    price_column = prices.c.unit_price.type
+    assert isinstance(price_column, ExactDecimal), "prices.unit_price is an exact decimal"
+    postgres = conn.dialect.name == "postgresql"
     for start in range(0, len(ids), CHUNK):
-        result = await conn.execute(
-            sa.select(prices.c.product_id, prices.c.unit_type, prices.c.unit_price).where(
-                prices.c.product_id.in_(ids[start : start + CHUNK])
-            )
-        )
-        for product_id, unit_type, unit_price in result:
+        chunk = ids[start : start + CHUNK]
+        parameters: tuple[Any, ...]
+        if postgres:
+            sql, parameters = _PRICES_ANY, (chunk,)
+        else:
+            sql, parameters = _prices_in(len(chunk)), tuple(chunk)
+        result = conn.exec_driver_sql(sql, parameters)
+        for row in result:
+            product_id, unit_type, stored = tuple(row)
+            unit_price = price_column.process_result_value(stored, conn.dialect)
+            assert unit_price is not None, "prices.unit_price is NOT NULL"
             found[(product_id, unit_type)] = unit_price
     return found
 
 
-async def _insert_records(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
+_PRICES_SELECT: Final = "SELECT product_id, unit_type, unit_price FROM prices WHERE product_id"
+#: psycopg's placeholder, one array parameter whatever the count.
+_PRICES_ANY: Final = f"{_PRICES_SELECT} = ANY(%s)"
+
+
+@functools.cache
+def _prices_in(count: int) -> str:
+    """SQLite's form (qmark placeholders), one text per count of products."""
+    return f"{_PRICES_SELECT} IN ({', '.join('?' * count)})"
+
+
+def _insert_records(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
     """Insert the rows that are new; return their keys (one statement per batch)."""
     if not rows:
         return set()
     # No conflict target: a clash on the key or on event_id is a duplicate alike.
     tail = "ON CONFLICT DO NOTHING RETURNING idempotency_key"
-    return set(await insert_rows(conn, billing_records, tuple(rows[0]), rows, tail))
+    return set(insert_rows(conn, billing_records, tuple(rows[0]), rows, tail))
 
 
-async def _insert_rejections(
-    conn: AsyncConnection, rejections: Sequence[Rejection], now: datetime
-) -> None:
+def _insert_rejections(conn: sa.Connection, rejections: Sequence[Rejection], now: datetime) -> None:
     rows = []
     for rejection in rejections:
         payload = rejection.payload
@@ -184,4 +203,4 @@ async def _insert_rejections(
     if not rows:
         return
     tail = "ON CONFLICT (stream, stream_seq, payload_sha256) DO NOTHING"
-    await insert_rows(conn, rejected_events, tuple(rows[0]), rows, tail)
+    insert_rows(conn, rejected_events, tuple(rows[0]), rows, tail)

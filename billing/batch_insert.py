@@ -4,9 +4,9 @@ Measured while profiling the consumer on SQLite: a third of its time went to SQL
 processing every parameter of every row ("insertmanyvalues": a bind processor call per
 value, ``construct_params`` per page). The rows here skip that:
 
-* **PostgreSQL**: one array per column, ``INSERT ... SELECT ... FROM unnest(...)``
-  (:mod:`billing.pg_arrays`): the SQL text never changes and there are a dozen
-  parameters whatever the batch size.
+* **PostgreSQL**: the rows as one JSON parameter, ``INSERT ... SELECT ... FROM
+  json_populate_recordset(...)`` (:mod:`billing.pg_json`): the SQL text never changes and
+  there is one parameter whatever the batch size.
 * **SQLite**: one multi-row ``INSERT ... VALUES (?, ...), (?, ...) ... tail`` per
   :data:`CHUNK` rows through ``exec_driver_sql``, the values already in their stored form
   (an :class:`~billing.types.ExactDecimal` as its scaled integer, a ``DateTime`` as the
@@ -27,9 +27,8 @@ from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing import pg_arrays
+from billing import pg_json
 from billing.types import ExactDecimal
 
 #: Rows per SQLite statement: at ~20 columns, well under its 32,766 bound parameters.
@@ -71,22 +70,25 @@ def _sqlite_statement(table: sa.Table, columns: tuple[str, ...], rows: int, tail
     )
 
 
-async def insert_rows(
-    conn: AsyncConnection,
+def insert_rows(
+    conn: sa.Connection,
     table: sa.Table,
     columns: tuple[str, ...],
     rows: Sequence[dict[str, Any]],
     tail: str = "",
 ) -> list[Any]:
     """Insert ``rows`` (each a dict holding ``columns``) in the caller's transaction, in
-    their order; return what ``tail``'s ``RETURNING`` gave (else ``[]``)."""
+    their order; return what ``tail``'s ``RETURNING`` gave (else ``[]``).
+
+    Synchronous, as all of a batch's statements are: an async caller runs them with
+    ``AsyncConnection.run_sync`` (see :mod:`billing.apply` for why)."""
     if not rows:
         return []
     returning = "RETURNING" in tail
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        statement = pg_arrays.insert_statement(table, columns, tail)
-        result = await conn.execute(statement, pg_arrays.parameters(rows, columns))
+        statement = pg_json.insert_statement(table, columns, tail)
+        result = conn.execute(statement, pg_json.parameters(table, rows, columns))
         return list(result.scalars()) if returning else []
     if dialect != "sqlite":
         raise NotImplementedError(f"billing supports SQLite and PostgreSQL, not {dialect}")
@@ -102,7 +104,7 @@ async def insert_rows(
                 row_values[position] = convert(row_values[position])
             values.extend(row_values)
         sql = _sqlite_statement(table, columns, len(chunk), tail)
-        result = await conn.exec_driver_sql(sql, tuple(values))
+        result = conn.exec_driver_sql(sql, tuple(values))
         if returning:
             returned.extend(result.scalars())
     return returned

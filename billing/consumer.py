@@ -53,6 +53,7 @@ from billing.puller import BatchPuller, ConsumerGone
 from billing.reading import report
 from billing.report import Audit, BillingReport
 from billing.settle import FLUSH_TIMEOUT, JetStreamSettler, Settler
+from billing.sqlite_thread import ThreadedTransactions
 from billing.stats import ConsumerStats
 from outbox.checkpoints import WalCheckpointer
 from outbox.sqlite import sqlite_file
@@ -93,6 +94,8 @@ class BillingConsumer:
         self._owns_engine = engine is None
         #: Checkpoints SQLite's WAL off the commit path (own SQLite engine only).
         self.checkpointer: WalCheckpointer | None = None
+        #: Runs each batch's transaction in one thread (own SQLite engine only).
+        self._transactions: ThreadedTransactions | None = None
         self._settler: Settler = settler or JetStreamSettler()
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -120,6 +123,8 @@ class BillingConsumer:
             path = sqlite_file(self._engine.url)
             if path is not None:
                 self.checkpointer = WalCheckpointer(path, name="billing-wal-checkpointer")
+                # And its batches' transactions each run whole in one thread (see there).
+                self._transactions = ThreadedTransactions(self._engine.url)
         return self._engine
 
     @property
@@ -193,6 +198,9 @@ class BillingConsumer:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 async with asyncio.timeout(FLUSH_TIMEOUT):
                     await nc.close()
+        transactions, self._transactions = self._transactions, None
+        if transactions is not None:
+            await transactions.close()
         if self._owns_engine and self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -372,8 +380,11 @@ class BillingConsumer:
         return outcomes
 
     async def _apply_in_transaction(self, items: Sequence[Item]) -> list[Outcome]:
-        async with self.engine.begin() as conn:
-            return await apply_batch(conn, items)
+        engine = self.engine  # made first: it makes the SQLite thread too
+        if self._transactions is not None:
+            return await self._transactions.run(apply_batch, items)
+        async with engine.begin() as conn:
+            return await conn.run_sync(apply_batch, items)
 
     async def _failed(self, item: Item, exc: Exception) -> Outcome:
         """One message could not be stored: retry later, or park it after enough tries."""

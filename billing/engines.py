@@ -68,9 +68,14 @@ def _no_checkpoint_on_commit(engine: sa.Engine) -> None:
             cursor.close()
 
 
-def create_billing_sync_engine(url: str | sa.URL, **engine_kwargs: Any) -> sa.Engine:
+def create_billing_sync_engine(
+    url: str | sa.URL, *, checkpoint_on_commit: bool = True, **engine_kwargs: Any
+) -> sa.Engine:
+    """A synchronous engine, set up as :func:`create_billing_engine`'s."""
     engine = sa.create_engine(sync_url(url), **engine_kwargs)
     if is_sqlite(engine.url):
         create_private_on_connect(engine)
         configure_sqlite(engine)
+        if not checkpoint_on_commit:
+            _no_checkpoint_on_commit(engine)
     return engine

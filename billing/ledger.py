@@ -31,7 +31,7 @@ def insert_for(conn: AsyncConnection, table: sa.Table) -> Any:
     raise NotImplementedError(f"billing supports SQLite and PostgreSQL, not {name}")
 
 
-async def update_wallets(conn: AsyncConnection, deltas: dict[str, Decimal], now: datetime) -> None:
+def update_wallets(conn: sa.Connection, deltas: dict[str, Decimal], now: datetime) -> None:
     """Add each user's delta to their wallet (created at 0 when new), in user order: two
     PostgreSQL transactions then lock the wallets they share in the same order."""
     rows = [
@@ -41,9 +41,9 @@ async def update_wallets(conn: AsyncConnection, deltas: dict[str, Decimal], now:
         "ON CONFLICT (user_id) DO UPDATE SET balance = wallets.balance + excluded.balance,"
         " updated_at = excluded.updated_at"
     )
-    await insert_rows(conn, wallets, ("user_id", "balance", "updated_at"), rows, tail)
+    insert_rows(conn, wallets, ("user_id", "balance", "updated_at"), rows, tail)
 
 
-async def insert_debits(conn: AsyncConnection, debits: Sequence[dict[str, Any]]) -> None:
+def insert_debits(conn: sa.Connection, debits: Sequence[dict[str, Any]]) -> None:
     columns = ("user_id", "event_id", "kind", "amount", "created_at")
-    await insert_rows(conn, wallet_transactions, columns, debits)
+    insert_rows(conn, wallet_transactions, columns, debits)

@@ -114,6 +114,6 @@ async def reprice_unpriced(
                 "created_at": now,
             }
         )
-    await update_wallets(conn, deltas, now)
-    await insert_debits(conn, debits)
+    await conn.run_sync(update_wallets, deltas, now)
+    await conn.run_sync(insert_debits, debits)
     return len(debits)

@@ -1,6 +1,6 @@
 """billing.batch_insert hands rows to the driver without SQLAlchemy's type processing: what
 it stores must be exactly what SQLAlchemy would have stored (read back alike, compared
-alike), on SQLite (scaled integers, DATETIME text) and PostgreSQL (arrays)."""
+alike), on SQLite (scaled integers, DATETIME text) and PostgreSQL (one JSON parameter)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _rows(prefix: str) -> list[dict[str, object]]:
 async def test_rows_are_stored_exactly_as_sqlalchemy_stores_them(engine: AsyncEngine) -> None:
     t = wallets
     async with engine.begin() as conn:
-        await insert_rows(conn, t, COLUMNS, _rows("raw"))
+        await conn.run_sync(insert_rows, t, COLUMNS, _rows("raw"))
         await conn.execute(t.insert(), _rows("orm"))
     async with engine.connect() as conn:
         read = (await conn.execute(sa.select(*[t.c[n] for n in COLUMNS]))).all()
@@ -72,7 +72,7 @@ async def test_rows_are_stored_exactly_as_sqlalchemy_stores_them(engine: AsyncEn
 async def test_on_sqlite_values_a_column_cannot_hold_exactly_are_refused(
     tmp_path: Path,
 ) -> None:
-    # (On PostgreSQL the arrays go to the server as they are, as before this module: the
+    # (On PostgreSQL the values go to the server as their text, as before this module: the
     # callers pass quantized Decimals and naive UTC times, billing.pricing's rules.)
     engine = create_billing_engine(f"sqlite+aiosqlite:///{tmp_path / 'billing.db'}")
     await migrate.upgrade_engine(engine)
@@ -81,7 +81,7 @@ async def test_on_sqlite_values_a_column_cannot_hold_exactly_are_refused(
     for row in (too_fine, aware):
         with pytest.raises((ValueError, sa.exc.StatementError, sa.exc.DBAPIError)):
             async with engine.begin() as conn:
-                await insert_rows(conn, wallets, COLUMNS, [row])
+                await conn.run_sync(insert_rows, wallets, COLUMNS, [row])
     await engine.dispose()
 
 
@@ -90,7 +90,7 @@ async def test_returning_gives_only_the_rows_inserted(engine: AsyncEngine) -> No
     rows = _rows("r")
     async with engine.begin() as conn:
         tail = "ON CONFLICT DO NOTHING RETURNING user_id"
-        first = await insert_rows(conn, t, COLUMNS, rows[:2], tail)
-        again = await insert_rows(conn, t, COLUMNS, rows, tail)
+        first = await conn.run_sync(insert_rows, t, COLUMNS, rows[:2], tail)
+        again = await conn.run_sync(insert_rows, t, COLUMNS, rows, tail)
     assert first == ["r-0-0", "r-0-1"]
     assert sorted(again) == sorted(str(r["user_id"]) for r in rows[2:])

@@ -60,7 +60,7 @@ def _seed(path: Path) -> None:
                 Rejection(Delivery(DEFAULT_STREAM, 9, "billing.usage.recorded.x"), b"{", "bad JSON")
             )
             async with db.engine.begin() as conn:
-                await apply_batch(conn, items)
+                await conn.run_sync(apply_batch, items)
 
     asyncio.run(seed())
 

@@ -276,10 +276,20 @@ async def test_a_crash_between_commit_and_ack_changes_nothing_on_redelivery(
 # -- what cannot be billed ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 async def test_unpriced_malformed_and_contract_breaking_messages_are_kept_with_reasons(
-    jetstream: JetStreamContext, billing_config: ConfigFactory, make_consumer: ConsumerFactory
+    jetstream: JetStreamContext,
+    billing_config: ConfigFactory,
+    make_consumer: ConsumerFactory,
+    database: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    config = billing_config()
+    # Both databases: each takes the rows (the raw payload bytes among them) its own way.
+    if database == "postgresql":
+        url = request.getfixturevalue("postgres_url").render_as_string(hide_password=False)
+        config = billing_config(database_url=url)
+    else:
+        config = billing_config()
     await _set_prices(config)
     await billing_js.ensure_stream(jetstream, config)
     first = usage_event("alice", "gpt-4", input_tokens=1000)

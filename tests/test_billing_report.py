@@ -57,7 +57,7 @@ def _seed(path: Path) -> None:
                 delivery = Delivery("billing-stream", i, "billing.usage.recorded.x")
                 items.append(Usage(delivery, decode_usage_event(payload), payload))
             async with db.engine.begin() as conn:
-                await apply_batch(conn, items)
+                await conn.run_sync(apply_batch, items)
 
     asyncio.run(seed())
 
