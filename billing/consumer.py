@@ -5,7 +5,11 @@ The loop, top to bottom::
     run(stop):  start -> while not stop: step() -> close
     step():     take the batch fetched meanwhile (or fetch one) -> start fetching the next
                 -> process(batch)
-    process():  decode each -> apply all in ONE transaction -> commit -> ack / term / nak
+    process():  decode each (unless decoded while fetched) -> apply all in ONE transaction
+                -> commit -> ack / term / nak
+
+The transaction: on the consumer's own SQLite file, run whole in one worker thread
+(:mod:`billing.sqlite_thread`); otherwise through the async engine (``run_sync``).
 
 Exactly-once in effect: ``billing_records`` is unique on the de-duplication key and is
 written in the same transaction as the debit and the wallet update, and the messages are
@@ -30,6 +34,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -65,6 +70,14 @@ logger = logging.getLogger("billing.consumer")
 
 #: Wait after a failed fetch before the next one (a broker restart, a lost connection).
 _FETCH_BACKOFF = 0.5
+
+
+@dataclass(slots=True)
+class _Fetched:
+    """A fetched batch and, when decoded already, its items (one per message)."""
+
+    messages: list[Msg]
+    items: list[Item] | None  # None: not decoded yet
 
 
 class BillingConsumer:
@@ -103,7 +116,7 @@ class BillingConsumer:
         #: When the stream was created: part of the key of events keyed by their delivery.
         self._stream_created = 0
         #: The next batch, fetched while the one in hand is applied (see :meth:`step`).
-        self._prefetch: asyncio.Task[list[Msg]] | None = None
+        self._prefetch: asyncio.Task[_Fetched] | None = None
         self._closing = False
         self.stream: str | None = None
         #: ``new``, ``connecting``, ``waiting_for_stream``, ``consuming`` or ``closed``.
@@ -299,7 +312,7 @@ class BillingConsumer:
         if puller is None:
             raise BillingError("the consumer is not started")
         try:
-            messages = await self._next_batch(puller, wait)
+            batch = await self._next_batch(puller, wait)
         except nats.errors.ConnectionClosedError:
             raise
         except ConsumerGone as exc:
@@ -312,17 +325,36 @@ class BillingConsumer:
             self.stats.fetch_errors += 1
             logger.warning("fetch failed: %r", exc, extra={"action": "fetch_failed"})
             return None
-        if not messages:
+        if not batch.messages:
             return 0
-        self._prefetch = asyncio.create_task(puller.fetch(self.config.batch_size, wait))
-        await self.process(messages)
-        return len(messages)
+        self._prefetch = asyncio.create_task(self._fetch_decoded(puller, wait))
+        await self.process(batch.messages, batch.items)
+        return len(batch.messages)
 
-    async def _next_batch(self, puller: BatchPuller, wait: float) -> list[Msg]:
+    async def _next_batch(self, puller: BatchPuller, wait: float) -> _Fetched:
         task, self._prefetch = self._prefetch, None
         if task is not None:
             return await task
-        return await puller.fetch(self.config.batch_size, wait)
+        return await self._fetch_decoded(puller, wait)
+
+    async def _fetch_decoded(self, puller: BatchPuller, wait: float) -> _Fetched:
+        """Fetch a batch, and decode it unless the SQLite thread runs the transactions.
+
+        As the prefetch, this runs while the batch before waits on its database work. On
+        PostgreSQL that work is the server's, in another process: decoding meanwhile
+        costs nothing (measured: +12% events/s). The SQLite thread's work is mostly Python
+        (building the rows), which needs the interpreter lock the decoding holds: there
+        decoding ahead only traded places with it and measured slower, so the batch is
+        decoded when its turn comes.
+        """
+        messages = await puller.fetch(self.config.batch_size, wait)
+        if self._transactions is not None:
+            return _Fetched(messages, None)
+        return _Fetched(messages, self._decode(messages))
+
+    def _decode(self, messages: Sequence[Msg]) -> list[Item]:
+        created = self._stream_created
+        return [item_from_message(message, created) for message in messages]
 
     async def _release_unprocessed(self) -> None:
         """Closing: hand delivered-but-unprocessed messages back (``nak``) at once, so
@@ -332,7 +364,7 @@ class BillingConsumer:
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                held.extend(await task)
+                held.extend((await task).messages)
         if self._puller is not None:
             held.extend(self._puller.take_unprocessed())
         if not held or self._nc is None or self._nc.is_closed:
@@ -344,9 +376,13 @@ class BillingConsumer:
             "handed back %d fetched, unprocessed messages", len(held), extra={"action": "nak"}
         )
 
-    async def process(self, messages: Sequence[Msg]) -> list[Outcome]:
-        """Decode, apply in one transaction, then acknowledge each message by its outcome."""
-        items = [item_from_message(message, self._stream_created) for message in messages]
+    async def process(
+        self, messages: Sequence[Msg], items: Sequence[Item] | None = None
+    ) -> list[Outcome]:
+        """Decode (unless ``items`` are the messages decoded already), apply in one
+        transaction, then acknowledge each message by its outcome."""
+        if items is None:
+            items = self._decode(messages)
         started = time.monotonic()
         outcomes = await self._apply(items)
         now = time.time()  # the commit: where an event's lag ends
