@@ -33,6 +33,10 @@ FILTER_SUBJECT: Final = USAGE_SUBJECTS
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
+#: More batches at once than this only queue on the database's locks.
+MAX_PARALLEL_BATCHES: Final = 16
+
+
 @dataclass(frozen=True, kw_only=True)
 class BillingConfig:
     #: Where billing's tables live (SQLite file by default, or PostgreSQL by URL).
@@ -63,6 +67,9 @@ class BillingConfig:
     batch_size: int = 256
     #: Delivered but unacknowledged messages the server allows at once.
     max_ack_pending: int = 2048
+    #: Batches applied at once, each in its own transaction (0: by database, see
+    #: :attr:`batches_in_flight`).
+    parallel_batches: int = 0
     #: Seconds before the server redelivers an unacknowledged message.
     ack_wait: float = 30.0
     #: Seconds one fetch waits for messages; also the longest a stop waits for a fetch.
@@ -81,6 +88,15 @@ class BillingConfig:
     metrics_port: int | None = None
     #: Loopback by default: exposing the port beyond the host is a deliberate choice.
     metrics_host: str = "127.0.0.1"
+
+    @property
+    def batches_in_flight(self) -> int:
+        """``parallel_batches``, or by database when 0: 3 on PostgreSQL, where the server
+        works on one batch while this process prepares the next (measured 13-15k -> 17-19k
+        events/s), and 1 on SQLite, which has one writer at a time."""
+        if self.parallel_batches:
+            return self.parallel_batches
+        return 3 if make_url(self.database_url).get_backend_name() == "postgresql" else 1
 
     @property
     def nats_servers(self) -> list[str]:
@@ -175,6 +191,11 @@ class BillingConfig:
         ):
             if not getattr(self, name) > 0:
                 raise BillingConfigError(f"{name.replace('_', ' ')} must be positive")
+        if not 0 <= self.parallel_batches <= MAX_PARALLEL_BATCHES:
+            raise BillingConfigError(
+                f"parallel batches {self.parallel_batches}: 0 (by database) to "
+                f"{MAX_PARALLEL_BATCHES}"
+            )
         if self.max_ack_pending < self.batch_size:
             raise BillingConfigError(
                 f"max ack pending ({self.max_ack_pending}) must be at least the batch size "

@@ -52,7 +52,9 @@ from billing.config import BillingConfig
 from billing.connect import connect
 from billing.engines import create_billing_engine
 from billing.errors import BillingError
-from billing.items import Item, Outcome, Rejection, Usage, item_from_message
+from billing.fallback import apply_or_fall_back
+from billing.items import Item, Outcome, item_from_message
+from billing.lanes import run_lanes
 from billing.metrics import ConsumerMetrics, metrics_for
 from billing.puller import BatchPuller, ConsumerGone
 from billing.reading import report
@@ -67,9 +69,6 @@ from usage_runtime.signals import sleep_unless_stopped
 __all__ = ["BillingConsumer", "ConsumerStats"]
 
 logger = logging.getLogger("billing.consumer")
-
-#: Wait after a failed fetch before the next one (a broker restart, a lost connection).
-_FETCH_BACKOFF = 0.5
 
 
 @dataclass(slots=True)
@@ -117,6 +116,8 @@ class BillingConsumer:
         self._stream_created = 0
         #: The next batch, fetched while the one in hand is applied (see :meth:`step`).
         self._prefetch: asyncio.Task[_Fetched] | None = None
+        #: With several lanes (:meth:`_consume`), one fetch at a time.
+        self._fetch_lock = asyncio.Lock()
         self._closing = False
         self.stream: str | None = None
         #: ``new``, ``connecting``, ``waiting_for_stream``, ``consuming`` or ``closed``.
@@ -247,9 +248,7 @@ class BillingConsumer:
         try:
             if not await self.start(stop):
                 return self.stats
-            while not stop.is_set():
-                if await self.step(self.config.fetch_timeout) is None:
-                    await sleep_unless_stopped(stop, _FETCH_BACKOFF)
+            await self._consume(self.config.fetch_timeout, stop, until_idle=False)
         finally:
             await self.close()
             logger.info("stopped: %s", self.stats.summary(), extra={"action": "consumer_stopped"})
@@ -273,20 +272,24 @@ class BillingConsumer:
         """
         if not await self.start(stop):
             return self.stats
-        shown = time.monotonic()
-        while stop is None or not stop.is_set():
-            handled = await self.step(idle_timeout)
-            if handled == 0:
-                break
-            if handled is None:
-                if stop is None:
-                    await asyncio.sleep(_FETCH_BACKOFF)
-                else:
-                    await sleep_unless_stopped(stop, _FETCH_BACKOFF)
-            if progress is not None and time.monotonic() - shown >= every:
-                shown = time.monotonic()
-                await progress()
+        await self._consume(idle_timeout, stop, until_idle=True, progress=progress, every=every)
         return self.stats
+
+    async def _consume(
+        self,
+        wait: float,
+        stop: asyncio.Event | None,
+        *,
+        until_idle: bool,
+        progress: Callable[[], Awaitable[None]] | None = None,
+        every: float = 2.0,
+    ) -> None:
+        """Step in ``config.batches_in_flight`` lanes (:mod:`billing.lanes`)."""
+        lanes = self.config.batches_in_flight
+        step = self.step if lanes == 1 else self._lane_step
+        await run_lanes(
+            step, lanes, wait, stop, until_idle=until_idle, progress=progress, every=every
+        )
 
     async def pending(self) -> int | None:
         """Messages in the stream not yet delivered to this durable (None: unknown now)."""
@@ -311,8 +314,38 @@ class BillingConsumer:
         puller = self._puller
         if puller is None:
             raise BillingError("the consumer is not started")
+        batch = await self._guarded(self._next_batch(puller, wait))
+        if batch is None:
+            return None
+        if not batch.messages:
+            return 0
+        self._prefetch = asyncio.create_task(self._fetch_decoded(puller, wait))
+        await self.process(batch.messages, batch.items)
+        return len(batch.messages)
+
+    async def _lane_step(self, wait: float) -> int | None:
+        """One lane's step when several run (:meth:`_consume`): fetch (one lane at a
+        time), then decode, apply and acknowledge while the next lane fetches."""
+        puller = self._puller
+        if puller is None:
+            raise BillingError("the consumer is not started")
+        async with self._fetch_lock:
+            batch = await self._guarded(self._fetch_only(puller, wait))
+        if batch is None:
+            return None
+        if not batch.messages:
+            return 0
+        await self.process(batch.messages)
+        return len(batch.messages)
+
+    async def _fetch_only(self, puller: BatchPuller, wait: float) -> _Fetched:
+        return _Fetched(await puller.fetch(self.config.batch_size, wait), None)
+
+    async def _guarded(self, fetch: Awaitable[_Fetched]) -> _Fetched | None:
+        """The fetched batch; None after a fetch error (counted and logged; a deleted
+        consumer is set up again)."""
         try:
-            batch = await self._next_batch(puller, wait)
+            return await fetch
         except nats.errors.ConnectionClosedError:
             raise
         except ConsumerGone as exc:
@@ -325,11 +358,6 @@ class BillingConsumer:
             self.stats.fetch_errors += 1
             logger.warning("fetch failed: %r", exc, extra={"action": "fetch_failed"})
             return None
-        if not batch.messages:
-            return 0
-        self._prefetch = asyncio.create_task(self._fetch_decoded(puller, wait))
-        await self.process(batch.messages, batch.items)
-        return len(batch.messages)
 
     async def _next_batch(self, puller: BatchPuller, wait: float) -> _Fetched:
         task, self._prefetch = self._prefetch, None
@@ -396,24 +424,9 @@ class BillingConsumer:
     # -- steps -----------------------------------------------------------------------------
 
     async def _apply(self, items: Sequence[Item]) -> list[Outcome]:
-        try:
-            return await self._apply_in_transaction(items)
-        except Exception as exc:
-            if len(items) == 1:
-                return [await self._failed(items[0], exc)]
-            logger.warning(
-                "batch of %d failed (%r); applying one by one",
-                len(items),
-                exc,
-                extra={"action": "batch_failed"},
-            )
-        outcomes = []
-        for item in items:
-            try:
-                outcomes.extend(await self._apply_in_transaction([item]))
-            except Exception as exc:
-                outcomes.append(await self._failed(item, exc))
-        return outcomes
+        return await apply_or_fall_back(
+            self._apply_in_transaction, items, max_deliveries=self.config.max_deliveries
+        )
 
     async def _apply_in_transaction(self, items: Sequence[Item]) -> list[Outcome]:
         engine = self.engine  # made first: it makes the SQLite thread too
@@ -421,34 +434,6 @@ class BillingConsumer:
             return await self._transactions.run(apply_batch, items)
         async with engine.begin() as conn:
             return await conn.run_sync(apply_batch, items)
-
-    async def _failed(self, item: Item, exc: Exception) -> Outcome:
-        """One message could not be stored: retry later, or park it after enough tries."""
-        delivery = item.delivery
-        logger.warning(
-            "message %s seq %d (delivery %d) not stored: %r",
-            delivery.stream,
-            delivery.stream_seq,
-            delivery.deliveries,
-            exc,
-            extra={"action": "message_failed"},
-        )
-        if delivery.deliveries < self.config.max_deliveries:
-            return Outcome.RETRY
-        payload = item.payload
-        event_id = item.record.event_id if isinstance(item, Usage) else item.event_id
-        reason = f"not stored after {delivery.deliveries} deliveries: {type(exc).__name__}: {exc}"
-        parked = Rejection(delivery, payload, reason[:2000], event_id=event_id)
-        try:
-            return (await self._apply_in_transaction([parked]))[0]
-        except Exception as park_exc:
-            logger.error(
-                "could not park message seq %d: %r",
-                delivery.stream_seq,
-                park_exc,
-                extra={"action": "park_failed"},
-            )
-            return Outcome.RETRY
 
     async def _bind(self, nc: NatsClient, js: JetStreamContext) -> None:
         """Ensure the stream and the durable consumer, and fetch from it from now on."""

@@ -59,6 +59,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
         parse=whole_number,
     ),
     Option(
+        "--parallel-batches",
+        "parallel_batches",
+        "BILLING_PARALLEL_BATCHES",
+        "batches applied at once (0: 3 on PostgreSQL, 1 on SQLite)",
+        parse=whole_number,
+    ),
+    Option(
         "--ack-wait",
         "ack_wait",
         "BILLING_ACK_WAIT",

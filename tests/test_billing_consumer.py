@@ -8,6 +8,7 @@ and never block the good ones.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import textwrap
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -28,7 +30,8 @@ from billing import jetstream as billing_js
 from billing.config import BillingConfig
 from billing.database import BillingDatabase
 from billing.engines import create_billing_engine
-from billing.items import Outcome
+from billing.errors import BillingConfigError
+from billing.items import Item, Outcome
 from billing.schema import billing_records, rejected_events, wallet_transactions, wallets
 from billing.testing import BeforeSettling
 from outbox.contract import UsageEvent
@@ -204,6 +207,62 @@ async def test_two_consumers_racing_on_postgresql_charge_once(
     assert first.stats.billed + second.stats.billed == 120
     assert first.stats.duplicates + second.stats.duplicates == 120
     await _assert_billed_once(config, events)
+
+
+async def test_parallel_batches_on_postgresql_share_wallets_and_charge_once(
+    jetstream: JetStreamContext,
+    billing_config: ConfigFactory,
+    make_consumer: ConsumerFactory,
+    postgres_url: sa.URL,
+) -> None:
+    # Four lanes, small batches, few users: batches in flight together touch the same
+    # wallets (and copies of one event), which must neither deadlock nor lose an update.
+    config = billing_config(
+        database_url=postgres_url.render_as_string(hide_password=False),
+        batch_size=8,
+        parallel_batches=4,
+    )
+    assert config.batches_in_flight == 4
+    await _set_prices(config)
+    await billing_js.ensure_stream(jetstream, config)
+    events = _events(200)
+    for event in events:
+        await publish(jetstream, event)
+        await publish(jetstream, event, msg_id=f"{event.event_id}:again")
+    in_flight = most = 0
+
+    async def count(_messages: Sequence[Msg], _outcomes: Sequence[Outcome]) -> None:
+        # Called once per committed batch: how many other lanes have a batch in hand now.
+        nonlocal most
+        most = max(most, in_flight)
+
+    consumer = make_consumer(config, settler=BeforeSettling(count))
+    real_process = consumer.process
+
+    async def counted(messages: Sequence[Msg], items: Sequence[Item] | None = None) -> Any:
+        nonlocal in_flight
+        in_flight += 1
+        try:
+            return await real_process(messages, items)
+        finally:
+            in_flight -= 1
+
+    consumer.process = counted  # type: ignore[method-assign]
+    await consumer.drain(0.5)
+    assert most >= 2, "batches were applied one at a time"
+    assert (consumer.stats.billed, consumer.stats.duplicates) == (200, 200)
+    await _assert_billed_once(config, events)
+
+
+def test_batches_in_flight_follow_the_database_unless_set() -> None:
+    postgres = "postgresql+psycopg://u@h/db"
+    assert BillingConfig(database_url=postgres).batches_in_flight == 3
+    assert BillingConfig(database_url="sqlite:///b.db").batches_in_flight == 1
+    assert BillingConfig(database_url=postgres, parallel_batches=1).batches_in_flight == 1
+    with pytest.raises(
+        BillingConfigError, match=re.escape("parallel batches 17: 0 (by database) to 16")
+    ):
+        BillingConfig(parallel_batches=17).validate()
 
 
 # -- crash between commit and ack -----------------------------------------------------------
