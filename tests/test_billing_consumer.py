@@ -254,6 +254,25 @@ async def test_parallel_batches_on_postgresql_share_wallets_and_charge_once(
     await _assert_billed_once(config, events)
 
 
+@pytest.mark.parametrize("lanes", [1, 4])
+async def test_a_drain_goes_on_while_the_server_holds_back_for_acknowledgements(
+    jetstream: JetStreamContext,
+    billing_config: ConfigFactory,
+    make_consumer: ConsumerFactory,
+    lanes: int,
+) -> None:
+    # max_ack_pending = one batch: the next batch's fetch (the prefetch, or another
+    # lane's) is asked for while the server already has all it allows unacknowledged.
+    # That must not read as "nothing left" and end a --burst drain early.
+    config = billing_config(batch_size=8, max_ack_pending=8, parallel_batches=lanes)
+    await billing_js.ensure_stream(jetstream, config)
+    for i in range(200):
+        await publish(jetstream, usage_event(f"u{i % 3}", "gpt-4", input_tokens=i + 1))
+    consumer = make_consumer(config)
+    await consumer.drain(0.5)
+    assert consumer.stats.received == 200
+
+
 def test_batches_in_flight_follow_the_database_unless_set() -> None:
     postgres = "postgresql+psycopg://u@h/db"
     assert BillingConfig(database_url=postgres).batches_in_flight == 3
