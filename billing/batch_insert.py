@@ -23,28 +23,18 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
 
 from billing import pg_json
+from billing.items import naive_utc_text
 from billing.types import ExactDecimal
 
 #: Rows per SQLite statement: at ~20 columns, well under its 32,766 bound parameters.
 CHUNK: Final = 500
 
 Convert = Callable[[Any], Any]
-
-
-@functools.lru_cache(maxsize=4096)  # a batch's rows share one receive time
-def _sqlite_time(moment: datetime | None) -> str | None:
-    # SQLAlchemy's SQLite DATETIME storage format: "YYYY-MM-DD HH:MM:SS.ffffff".
-    if moment is None:
-        return None
-    if moment.tzinfo is not None:
-        raise ValueError(f"naive UTC datetime expected, got {moment!r}")
-    return moment.isoformat(" ", "microseconds")
 
 
 @functools.cache
@@ -58,7 +48,7 @@ def _sqlite_converters(
         if isinstance(kind, ExactDecimal):
             converters.append((position, kind.to_sqlite))
         elif isinstance(kind, sa.DateTime):
-            converters.append((position, _sqlite_time))
+            converters.append((position, naive_utc_text))
     return tuple(converters)
 
 

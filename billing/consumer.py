@@ -54,7 +54,7 @@ from billing.engines import create_billing_engine
 from billing.errors import BillingError
 from billing.fallback import apply_or_fall_back
 from billing.items import Item, Outcome, item_from_message
-from billing.lanes import run_lanes
+from billing.lanes import Step, run_lanes
 from billing.metrics import ConsumerMetrics, metrics_for
 from billing.puller import BatchPuller, ConsumerGone
 from billing.reading import report
@@ -116,7 +116,7 @@ class BillingConsumer:
         self._stream_created = 0
         #: The next batch, fetched while the one in hand is applied (see :meth:`step`).
         self._prefetch: asyncio.Task[_Fetched] | None = None
-        #: With several lanes (:meth:`_consume`), one fetch at a time.
+        #: With several lanes (:mod:`billing.lanes`), one fetch at a time.
         self._fetch_lock = asyncio.Lock()
         self._closing = False
         self.stream: str | None = None
@@ -248,7 +248,13 @@ class BillingConsumer:
         try:
             if not await self.start(stop):
                 return self.stats
-            await self._consume(self.config.fetch_timeout, stop, until_idle=False)
+            await run_lanes(
+                self._stepper,
+                self.config.batches_in_flight,
+                self.config.fetch_timeout,
+                stop,
+                until_idle=False,
+            )
         finally:
             await self.close()
             logger.info("stopped: %s", self.stats.summary(), extra={"action": "consumer_stopped"})
@@ -272,24 +278,22 @@ class BillingConsumer:
         """
         if not await self.start(stop):
             return self.stats
-        await self._consume(idle_timeout, stop, until_idle=True, progress=progress, every=every)
+        await run_lanes(
+            self._stepper,
+            self.config.batches_in_flight,
+            idle_timeout,
+            stop,
+            until_idle=True,
+            progress=progress,
+            every=every,
+        )
         return self.stats
 
-    async def _consume(
-        self,
-        wait: float,
-        stop: asyncio.Event | None,
-        *,
-        until_idle: bool,
-        progress: Callable[[], Awaitable[None]] | None = None,
-        every: float = 2.0,
-    ) -> None:
-        """Step in ``config.batches_in_flight`` lanes (:mod:`billing.lanes`)."""
-        lanes = self.config.batches_in_flight
-        step = self.step if lanes == 1 else self._lane_step
-        await run_lanes(
-            step, lanes, wait, stop, until_idle=until_idle, progress=progress, every=every
-        )
+    @property
+    def _stepper(self) -> Step:
+        """What each lane runs (:mod:`billing.lanes`): one lane is :meth:`step`, which
+        fetches the next batch while this one is applied; several take turns fetching."""
+        return self.step if self.config.batches_in_flight == 1 else self._lane_step
 
     async def pending(self) -> int | None:
         """Messages in the stream not yet delivered to this durable (None: unknown now)."""
@@ -324,7 +328,7 @@ class BillingConsumer:
         return len(batch.messages)
 
     async def _lane_step(self, wait: float) -> int | None:
-        """One lane's step when several run (:meth:`_consume`): fetch (one lane at a
+        """One lane's step when several run (:mod:`billing.lanes`): fetch (one lane at a
         time), then decode, apply and acknowledge while the next lane fetches."""
         puller = self._puller
         if puller is None:

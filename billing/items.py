@@ -4,6 +4,7 @@ of it. Shared by the consumer (which makes them), the ledger writes and the metr
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -70,6 +71,17 @@ Item = Usage | Rejection
 def utcnow() -> datetime:
     """Now as a naive UTC datetime, the form every time column here holds."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+@functools.lru_cache(maxsize=4096)  # a batch's rows share one receive time
+def naive_utc_text(moment: datetime | None) -> str | None:
+    """A naive UTC datetime as ``YYYY-MM-DD HH:MM:SS.ffffff``: what SQLAlchemy's SQLite
+    dialect stores for a ``DateTime``, and what PostgreSQL's ``timestamp`` reads."""
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        raise ValueError(f"naive UTC datetime expected, got {moment!r}")
+    return moment.isoformat(" ", "microseconds")
 
 
 def naive_utc(moment: datetime) -> datetime:

@@ -23,12 +23,12 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
+from billing.items import naive_utc_text
 from billing.types import ExactDecimal
 
 Convert = Callable[[Any], Any]
@@ -36,15 +36,6 @@ Convert = Callable[[Any], Any]
 
 def _decimal_text(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
-
-
-@functools.lru_cache(maxsize=4096)  # a batch's rows share one receive time
-def _time_text(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is not None:
-        raise ValueError(f"naive UTC datetime expected, got {moment!r}")
-    return moment.isoformat(" ", "microseconds")
 
 
 def _bytea_text(value: bytes | None) -> str | None:
@@ -60,7 +51,7 @@ def _converters(table: sa.Table, columns: tuple[str, ...]) -> tuple[tuple[str, C
         if isinstance(kind, ExactDecimal | sa.Numeric):
             converters.append((name, _decimal_text))
         elif isinstance(kind, sa.DateTime):
-            converters.append((name, _time_text))
+            converters.append((name, naive_utc_text))
         elif isinstance(kind, sa.LargeBinary):
             converters.append((name, _bytea_text))
         elif not isinstance(kind, sa.Integer | sa.String):  # Text is a String

@@ -181,6 +181,19 @@ async def test_on_postgresql_each_event_is_charged_once(
     await _each_event_twice_and_redelivered(jetstream, config, make_consumer)
 
 
+async def _stored_twice(
+    jetstream: JetStreamContext, config: BillingConfig, count: int
+) -> list[UsageEvent]:
+    """Prices set, the stream made, and ``count`` events each stored twice (two ids)."""
+    await _set_prices(config)
+    await billing_js.ensure_stream(jetstream, config)
+    events = _events(count)
+    for event in events:
+        await publish(jetstream, event)
+        await publish(jetstream, event, msg_id=f"{event.event_id}:again")
+    return events
+
+
 async def test_two_consumers_racing_on_postgresql_charge_once(
     jetstream: JetStreamContext,
     billing_config: ConfigFactory,
@@ -192,12 +205,7 @@ async def test_two_consumers_racing_on_postgresql_charge_once(
     config = billing_config(
         database_url=postgres_url.render_as_string(hide_password=False), batch_size=16
     )
-    await _set_prices(config)
-    await billing_js.ensure_stream(jetstream, config)
-    events = _events(120)
-    for event in events:
-        await publish(jetstream, event)
-        await publish(jetstream, event, msg_id=f"{event.event_id}:again")
+    events = await _stored_twice(jetstream, config, 120)
     first, second = make_consumer(config), make_consumer(config)
     await first.start()
     await second.start()
@@ -223,12 +231,7 @@ async def test_parallel_batches_on_postgresql_share_wallets_and_charge_once(
         parallel_batches=4,
     )
     assert config.batches_in_flight == 4
-    await _set_prices(config)
-    await billing_js.ensure_stream(jetstream, config)
-    events = _events(200)
-    for event in events:
-        await publish(jetstream, event)
-        await publish(jetstream, event, msg_id=f"{event.event_id}:again")
+    events = await _stored_twice(jetstream, config, 200)
     in_flight = most = 0
 
     async def count(_messages: Sequence[Msg], _outcomes: Sequence[Outcome]) -> None:
