@@ -279,16 +279,21 @@ def is_platform_shape(document: dict[str, Any]) -> bool:
     return "schema_version" in document
 
 
-def decode_usage_event(data: bytes, *, stored_at: datetime | None = None) -> UsageRecord:
+def decode_usage_event(
+    data: bytes, *, stored_at: datetime | None = None, stored_at_ns: int | None = None
+) -> UsageRecord:
     """Decode and check one payload; raise :class:`InvalidPayload` with the reason.
 
-    ``stored_at``: when the stream stored the message, the time of a platform event that
-    has none (default: now).
+    ``stored_at`` (or ``stored_at_ns``, Unix nanoseconds, turned into a time only when
+    needed): when the stream stored the message, the time of a platform event that has
+    none (default: now).
     """
     document = _parse(data)
     event_id = document.get("event_id")
     try:
         if is_platform_shape(document):
+            if stored_at is None and stored_at_ns is not None:  # only this shape needs it
+                stored_at = datetime.fromtimestamp(stored_at_ns / 1_000_000_000, UTC)
             return _platform_event(document, stored_at)
         missing = [name for name in REQUIRED_FIELDS if name not in document]
         if missing:

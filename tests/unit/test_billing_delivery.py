@@ -59,6 +59,21 @@ def test_the_delivery_read_from_the_reply_is_what_nats_py_reads(form: str) -> No
     assert delivery.subject == message.subject
 
 
+@pytest.mark.parametrize("form", sorted(REPLIES))
+def test_a_platform_event_with_no_time_takes_the_time_its_stream_stored_it(form: str) -> None:
+    payload = (
+        b'{"schema_version":"1.0","user_id":"u-1","product_id":"flux-pro",'
+        b'"usage_amount":2,"unit_type":"image"}'
+    )
+    message = Msg(cast(Client, None), subject="billing.usage.recorded.x", reply=REPLIES[form])
+    message.data = payload
+    item = item_from_message(message, stream_created=0)
+    assert isinstance(item, Usage)
+    stored = Msg(cast(Client, None), reply=REPLIES[form]).metadata.timestamp
+    assert item.record.timestamp == stored
+    assert abs(item.record.timestamp.timestamp() - _NS / 1e9) < 1e-5
+
+
 def _balance(url: str, user: str) -> Any:
     engine = create_billing_sync_engine(url)
     try:
