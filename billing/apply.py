@@ -13,7 +13,13 @@ caller's transaction with a handful of set-based statements:
 3. ``INSERT INTO wallet_transactions``: one debit per newly billed event.
 4. ``INSERT INTO rejected_events ... ON CONFLICT DO NOTHING``: the refused deliveries.
 
-Each is one statement per batch handed straight to the driver (:mod:`billing.batch_insert`).
+Each is one statement per batch handed straight to the driver (:mod:`billing.batch_insert`);
+on PostgreSQL 1-3 are one statement (:func:`billing.ledger.bill_on_postgresql`: the
+server moves the wallets and writes the debits from the rows the insert returned).
+
+The functions are synchronous: the consumer runs a batch's transaction whole in one
+thread on SQLite (:mod:`billing.sqlite_thread`) and through ``AsyncConnection.run_sync``
+on PostgreSQL.
 
 Statements 1-4 cannot fail for a reason that belongs to one message: the decoder and the
 pricing limits have already refused anything a column could not hold. A failure here is a
@@ -34,7 +40,7 @@ import sqlalchemy as sa
 from billing.batch_insert import CHUNK, insert_rows
 from billing.decode import TOP_LEVEL_IDS
 from billing.items import Item, Outcome, Rejection, Usage, naive_utc, utcnow
-from billing.ledger import insert_debits, update_wallets
+from billing.ledger import bill_on_postgresql, insert_debits, update_wallets
 from billing.pricing import PricingError, compute_charge
 from billing.schema import BILLED, DEBIT, UNPRICED, billing_records, prices, rejected_events
 from billing.types import ExactDecimal
@@ -103,7 +109,12 @@ def apply_batch(
     # In key order: two PostgreSQL consumers inserting overlapping batches then wait
     # on each other's unique-index entries in the same order and cannot deadlock.
     record_rows.sort(key=lambda row: str(row["idempotency_key"]))
-    inserted = _insert_records(conn, record_rows)
+    # PostgreSQL moves the wallets and writes the debits in the records' statement.
+    ledger_written = conn.dialect.name == "postgresql"
+    if ledger_written:
+        inserted = bill_on_postgresql(conn, record_rows, now)
+    else:
+        inserted = _insert_records(conn, record_rows)
     deltas: dict[str, Decimal] = {}
     debits: list[dict[str, Any]] = []
     for row in record_rows:
@@ -117,6 +128,8 @@ def apply_batch(
             outcomes[index] = Outcome.UNPRICED
             continue
         outcomes[index] = Outcome.BILLED
+        if ledger_written:
+            continue
         deltas[user] -= row["charge"]
         debits.append(
             {
@@ -127,8 +140,9 @@ def apply_batch(
                 "created_at": now,
             }
         )
-    update_wallets(conn, deltas, now)
-    insert_debits(conn, debits)
+    if not ledger_written:
+        update_wallets(conn, deltas, now)
+        insert_debits(conn, debits)
 
     _insert_rejections(conn, [r for _, r in rejections], now)
     for index, _ in rejections:

@@ -8,6 +8,7 @@ one-row statements elsewhere (setting a price).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -17,8 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from billing import pg_json
 from billing.batch_insert import insert_rows
-from billing.schema import wallet_transactions, wallets
+from billing.schema import DEBIT, billing_records, wallet_transactions, wallets
 
 
 def insert_for(conn: AsyncConnection, table: sa.Table) -> Any:
@@ -47,3 +49,47 @@ def update_wallets(conn: sa.Connection, deltas: dict[str, Decimal], now: datetim
 def insert_debits(conn: sa.Connection, debits: Sequence[dict[str, Any]]) -> None:
     columns = ("user_id", "event_id", "kind", "amount", "created_at")
     insert_rows(conn, wallet_transactions, columns, debits)
+
+
+def bill_on_postgresql(
+    conn: sa.Connection, rows: Sequence[dict[str, Any]], now: datetime
+) -> set[str]:
+    """PostgreSQL: insert the new ``billing_records`` rows of a batch, move each of their
+    users' wallets by the batch's charges (in user order), and write one debit per new
+    priced record, all in one statement; return the keys of the records that were new.
+
+    What :func:`update_wallets` and :func:`insert_debits` do after the records' insert,
+    here done by the server from the rows the insert returned: one round trip and one
+    JSON text instead of three (measured: the wallets' and debits' statements were a tenth
+    of the consumer's CPU on PostgreSQL).
+    """
+    if not rows:
+        return set()
+    columns = tuple(rows[0])
+    result = conn.execute(
+        _bill_statement(columns),
+        {**pg_json.parameters(billing_records, rows, columns), "now": now, "kind": DEBIT},
+    )
+    return set(result.scalars())
+
+
+@functools.cache
+def _bill_statement(columns: tuple[str, ...]) -> sa.TextClause:
+    names = ", ".join(columns)
+    # No conflict target: a clash on the key or on event_id is a duplicate alike (as
+    # billing.apply's insert). The sub-statements run on one snapshot; the foreign keys
+    # of the debits are checked at the statement's end, when wallets and records exist.
+    return sa.text(
+        f"WITH batch AS ({pg_json.select_rows(billing_records, columns)}), "
+        f"new AS (INSERT INTO billing_records ({names}) SELECT {names} FROM batch "
+        "ORDER BY batch_order ON CONFLICT DO NOTHING "
+        "RETURNING idempotency_key, event_id, user_id, charge), "
+        "moved AS (INSERT INTO wallets (user_id, balance, updated_at) "
+        "SELECT user_id, COALESCE(-SUM(charge), 0), CAST(:now AS timestamp) FROM new "
+        "GROUP BY user_id ORDER BY user_id ON CONFLICT (user_id) DO UPDATE SET "
+        "balance = wallets.balance + excluded.balance, updated_at = excluded.updated_at), "
+        "debited AS (INSERT INTO wallet_transactions (user_id, event_id, kind, amount, "
+        "created_at) SELECT user_id, event_id, :kind, -charge, CAST(:now AS timestamp) "
+        "FROM new WHERE charge IS NOT NULL) "
+        "SELECT idempotency_key FROM new"
+    )

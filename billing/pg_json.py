@@ -63,13 +63,21 @@ def _converters(table: sa.Table, columns: tuple[str, ...]) -> tuple[tuple[str, C
 def insert_statement(table: sa.Table, columns: tuple[str, ...], tail: str = "") -> sa.TextClause:
     """``INSERT INTO table (columns) SELECT ... FROM json_populate_recordset(:rows) ...
     tail`` (``tail``: an ``ON CONFLICT`` and/or ``RETURNING`` clause, as SQL text)."""
-    _converters(table, columns)  # refuse a column type with no JSON form here, not later
     names = ", ".join(columns)
-    picked = ", ".join(f"batch.{name}" for name in columns)
     return sa.text(
-        f"INSERT INTO {table.name} ({names}) "
-        f"SELECT {picked} FROM json_populate_recordset(NULL::{table.name}, CAST(:rows AS json))"
-        f" WITH ORDINALITY AS batch ORDER BY batch.ordinality {tail}"
+        f"INSERT INTO {table.name} ({names}) SELECT {names} FROM "
+        f"({select_rows(table, columns)}) AS batch ORDER BY batch_order {tail}"
+    )
+
+
+def select_rows(table: sa.Table, columns: tuple[str, ...]) -> str:
+    """``SELECT columns, batch_order FROM`` the ``:rows`` parameter, typed by the table."""
+    _converters(table, columns)  # refuse a column type with no JSON form here, not later
+    picked = ", ".join(f"typed.{name}" for name in columns)
+    return (
+        f"SELECT {picked}, typed.ordinality AS batch_order FROM "
+        f"json_populate_recordset(NULL::{table.name}, CAST(:rows AS json)) "
+        "WITH ORDINALITY AS typed"
     )
 
 
