@@ -84,6 +84,7 @@ from bench.ceilings import (
 from bench.drain import bench_shipper
 from bench.latency import bench_latency
 from bench.memory import bench_memory
+from bench.outbox_floor import bench_outbox_floor
 from bench.report import Row, load, print_table, server_version
 from bench.shipper_table import Ceilings, table
 from bench.stream import DEFAULTS, create_stream, purge, set_batched
@@ -136,6 +137,8 @@ async def run(args: argparse.Namespace) -> list[Row]:
                         flow=flow,
                     )
                     await purge(admin)
+                progress("outbox read + delete alone")
+                outbox = await bench_outbox_floor(directory, args.events, DEFAULTS.batch_size)
                 progress("sequential js.publish")
                 sequential = await bench_sequential(server.url, build_messages(args.sequential))
                 progress("legacy")
@@ -168,7 +171,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
             server.stop()
     return table(
         window,
-        Ceilings(ceiling_async, ceiling_lean, fast, flows),
+        Ceilings(ceiling_async, ceiling_lean, fast, flows, outbox),
         sequential,
         legacy,
         drain,

@@ -11,6 +11,7 @@ from bench.memory import Memory
 from bench.report import Row, mib, per_s, verdict
 from bench.stream import DEFAULTS
 from shipper.fastingest import DEFAULT_FLOW
+from shipper.pipeline import SETTLE_CHUNK
 
 
 def checked(rate: Rate) -> str:
@@ -23,6 +24,13 @@ class Ceilings:
     lean: Rate
     fast: Rate  # fast-ingest at the shipper's flow
     flows: dict[int, Rate]  # fast-ingest at other flows, for choosing the default
+    outbox: Rate  # the outbox's read + delete alone, no publishing (bench.outbox_floor)
+
+    @property
+    def one_process(self) -> float:
+        """Events/s of the outbox's part and fast-ingest publishing in series: what one
+        interpreter doing both reaches at best (their costs per row add up)."""
+        return 1 / (1 / self.outbox.per_s + 1 / self.fast.per_s)
 
 
 def table(
@@ -62,6 +70,16 @@ def table(
             f"flow {DEFAULT_FLOW} ({fast.events:,})",
             per_s(fast.per_s),
             f"ceiling{checked(fast)}; {sweep}" if sweep else f"ceiling{checked(fast)}",
+            "-",
+            "info",
+        ),
+        Row(
+            f"outbox read + delete alone (raw sqlite3, reads of {DEFAULTS.batch_size:,}, "
+            f"deletes of {SETTLE_CHUNK}, no publishing)",
+            per_s(ceilings.outbox.per_s),
+            f"floor{checked(ceilings.outbox)}; with fast-ingest in series (one interpreter): "
+            f"{per_s(ceilings.one_process)} = {ceilings.one_process / fast.per_s:.2f}x "
+            f"fast-ingest, {ceilings.one_process / ceiling_lean.per_s:.2f}x lean",
             "-",
             "info",
         ),
@@ -109,7 +127,8 @@ def table(
         Row(
             "shipper / fast-ingest ceiling",
             f"{shipped / fast.per_s:.2f}x",
-            f"drain only {drain.drain_per_s / fast.per_s:.2f}x",
+            f"drain only {drain.drain_per_s / fast.per_s:.2f}x; "
+            f"{shipped / ceilings.one_process:.2f}x the one-process bound",
             ">= 0.70x",
             verdict(shipped / fast.per_s >= 0.7),
         ),
