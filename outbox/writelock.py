@@ -11,8 +11,9 @@ is released, then takes SQLite's lock (``BEGIN IMMEDIATE``) at once. It is relea
 soon as the transaction has committed or rolled back.
 
 Who takes it (no code changes needed): :class:`outbox.Outbox` (its group commits), the
-shipper (every settle/claim/cleanup transaction), anything else that runs its writes
-through :class:`outbox.transactions.Transactions`. A service that calls
+shipper (every settle/claim/cleanup transaction, and its start-up's migration check and
+lease through :meth:`outbox.transactions.Transactions.locked`), anything else that runs
+its writes through :class:`outbox.transactions.Transactions`. A service that calls
 ``record_usage`` inside its own transaction on its own engine does not take it (the
 package cannot see where that transaction ends); it waits in SQLite's busy handler as
 before, for shipper transactions that are short (each holds the write lock for one
@@ -26,12 +27,13 @@ without it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 logger = logging.getLogger("outbox.writelock")
 
@@ -88,6 +90,30 @@ class WriteLock:
             yield
             return
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextlib.asynccontextmanager
+    async def held_async(self) -> AsyncIterator[None]:
+        """:meth:`held` for an event loop: the wait for the lock happens in a thread.
+
+        Cancelled while waiting, it still waits for the thread's ``flock`` to return and
+        then releases the lock, so a cancel never leaves the lock held.
+        """
+        fd = self._open()
+        if fd is None:
+            yield
+            return
+        taking = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
+        try:
+            await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):
+                await taking
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            raise
         try:
             yield
         finally:

@@ -12,6 +12,7 @@ with the one line :data:`LEASE_LOST`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -82,7 +83,7 @@ class Lease:
         while not self._stop.is_set():
             counted: int | None = None
             try:
-                async with self.engine.begin() as conn:
+                async with self._locked(), self.engine.begin() as conn:
                     now = time.time()
                     if await leases.take_lease(
                         conn, name=LEASE_NAME, owner=self.owner, now=now, ttl=self.ttl
@@ -142,6 +143,10 @@ class Lease:
             extra={"action": "lease_taken_over", "holder": previous},
         )
         return await store.recover_in_flight(conn, name=LEASE_NAME)
+
+    def _locked(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """The outbox's write lock file around a transaction on the async engine."""
+        return self._db.locked() if self._db is not None else contextlib.nullcontext()
 
     async def keep(self) -> None:
         """Renew the lease every third of its time to live until a stop; raise

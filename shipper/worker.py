@@ -386,7 +386,9 @@ class Shipper:
         announced = False
         while True:
             try:
-                if await migrate.prepare_engine(self.engine) == "host":
+                async with self._db.locked():  # a writer queues behind it, not in SQLite
+                    prepared = await migrate.prepare_engine(self.engine)
+                if prepared == "host":
                     logger.info(
                         "the outbox tables belong to the service (made from outbox.metadata); "
                         "they match this version's schema, so they are used as they are",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +22,8 @@ from outbox import Outbox
 from outbox.sqlite import create_outbox_engine, sqlite_url
 from outbox.transactions import Transactions
 from outbox.writelock import WriteLock, lock_path
-from tests.fixtures.shipper import usage_args
+from tests.fixtures.shipper import ShipperRunner, shipper_config, usage_args
+from usage_demo.waiting import wait_until
 
 _HOLDER = """
 import sys
@@ -111,3 +115,63 @@ async def test_writes_go_on_when_the_lock_file_cannot_be_opened(
         await outbox.record(**usage_args(1))
     warnings = [r for r in caplog.records if getattr(r, "action", "") == "write_lock_unavailable"]
     assert len(warnings) == 1
+
+
+async def test_locked_waits_for_the_lock_and_a_cancel_leaves_it_free(outbox_path: Path) -> None:
+    engine = create_outbox_engine(sqlite_url(outbox_path))
+    db = Transactions(engine)
+
+    async def take() -> None:
+        async with db.locked():
+            await asyncio.sleep(3600)  # held until cancelled
+
+    try:
+        with _held_by_another_process(outbox_path):
+            waiting = asyncio.create_task(take())
+            done, _ = await asyncio.wait({waiting}, timeout=0.5)
+            assert not done
+            waiting.cancel()  # cancelled while its thread waits in flock
+            await asyncio.sleep(0)
+        # The cancel takes effect once the thread has the lock (released at once).
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, 10)
+        await wait_until(lambda: not _is_held(outbox_path), 10, message="the lock left held")
+        async with db.locked():
+            assert _is_held(outbox_path), "locked() entered without the lock"
+        assert not _is_held(outbox_path)
+    finally:
+        await db.close()
+        await engine.dispose()
+
+
+async def test_the_shipper_takes_its_lease_behind_the_lock_file(
+    outbox_path: Path, nats_url: str, run_shipper: ShipperRunner
+) -> None:
+    # Its start-up transactions (migration check, lease) queue behind a writer holding
+    # the lock file, as its drain's do, instead of making that writer's next commit wait
+    # in SQLite's busy handler.
+    async with Outbox(outbox_path) as outbox:
+        await outbox.record(**usage_args(0))
+    with _held_by_another_process(outbox_path):
+        shipper, _task = run_shipper.start(
+            shipper_config(outbox_path, nats_url, exit_when_idle=False)
+        )
+        await asyncio.sleep(0)  # let it start
+        done = await asyncio.to_thread(_lease_taken_within, outbox_path, 0.5)
+        assert not done, "the shipper wrote its lease while another process held the lock"
+    await wait_until(lambda: _lease_taken_within(outbox_path, 0), 10, message="no lease taken")
+    shipper.stop()
+
+
+def _lease_taken_within(database: Path, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        with contextlib.closing(sqlite3.connect(database, timeout=0.05)) as conn:
+            try:
+                if conn.execute("SELECT count(*) FROM usage_outbox_lease").fetchone()[0]:
+                    return True
+            except sqlite3.OperationalError:
+                pass  # locked or not made yet
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
