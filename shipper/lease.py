@@ -182,7 +182,7 @@ class Lease:
     async def release(self) -> None:
         """Drop the lease as the run ends, first counting an attempt on rows still
         recorded in flight."""
-        async with self.engine.begin() as conn:
+        async with self._locked(), self.engine.begin() as conn:
             await self._count_unsettled(conn)
             await leases.drop_lease(conn, name=LEASE_NAME, owner=self.owner)
 

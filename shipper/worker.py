@@ -426,11 +426,11 @@ class Shipper:
                 # outcome is unknown stays recorded in flight, to be charged an attempt.
                 with contextlib.suppress(SQLAlchemyError, LeaseLost):
                     await self._pipeline.settle_all()
-            await self._db.close()
-        if self._engine is not None:
-            if self._lease is not None:
+            if self._lease is not None:  # before the lock file closes with the thread
                 with contextlib.suppress(SQLAlchemyError):
                     await self.lease.release()
+            await self._db.close()
+        if self._engine is not None:
             if self._own_engine:
                 await self._engine.dispose()
         logger.info("stopped %s", self.stats.summary(), extra={"action": "stopped"})
