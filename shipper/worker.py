@@ -430,9 +430,8 @@ class Shipper:
                 with contextlib.suppress(SQLAlchemyError):
                     await self.lease.release()
             await self._db.close()
-        if self._engine is not None:
-            if self._own_engine:
-                await self._engine.dispose()
+        if self._engine is not None and self._own_engine:
+            await self._engine.dispose()
         logger.info("stopped %s", self.stats.summary(), extra={"action": "stopped"})
 
     async def _sleep(self, seconds: float) -> None:
