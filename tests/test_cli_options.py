@@ -144,6 +144,18 @@ def test_an_operator_command_takes_the_database_from_flag_then_env_then_default(
         ),
         (
             "billing",
+            ["--parallel-batches", "17"],
+            {},
+            "parallel batches 17: 0 (by database) to 16",
+        ),
+        (
+            "billing",
+            [],
+            {"BILLING_PARALLEL_BATCHES": "two"},
+            "$BILLING_PARALLEL_BATCHES: bad value 'two' (expected a whole number)",
+        ),
+        (
+            "billing",
             ["--no-migrate", "yes please"],
             {},
             "--no-migrate: bad value 'yes please' (expected true or false) "
