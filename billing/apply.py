@@ -40,9 +40,9 @@ import sqlalchemy as sa
 from billing.batch_insert import CHUNK, insert_rows
 from billing.decode import TOP_LEVEL_IDS
 from billing.items import Item, Outcome, Rejection, Usage, naive_utc, utcnow
-from billing.ledger import bill_on_postgresql, insert_debits, update_wallets
+from billing.ledger import Charge, bill_on_postgresql, post_charges
 from billing.pricing import PricingError, compute_charge
-from billing.schema import BILLED, DEBIT, UNPRICED, billing_records, prices, rejected_events
+from billing.schema import BILLED, UNPRICED, billing_records, prices, rejected_events
 from billing.types import ExactDecimal
 
 
@@ -110,39 +110,21 @@ def apply_batch(
     # on each other's unique-index entries in the same order and cannot deadlock.
     record_rows.sort(key=lambda row: str(row["idempotency_key"]))
     # PostgreSQL moves the wallets and writes the debits in the records' statement.
-    ledger_written = conn.dialect.name == "postgresql"
-    if ledger_written:
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
         inserted = bill_on_postgresql(conn, record_rows, now)
     else:
         inserted = _insert_records(conn, record_rows)
-    deltas: dict[str, Decimal] = {}
-    debits: list[dict[str, Any]] = []
+    charges: list[Charge] = []
     for row in record_rows:
         index = candidates[row["idempotency_key"]]
         if row["idempotency_key"] not in inserted:
             outcomes[index] = Outcome.DUPLICATE
             continue
-        user = row["user_id"]
-        deltas.setdefault(user, Decimal(0))
-        if row["charge"] is None:
-            outcomes[index] = Outcome.UNPRICED
-            continue
-        outcomes[index] = Outcome.BILLED
-        if ledger_written:
-            continue
-        deltas[user] -= row["charge"]
-        debits.append(
-            {
-                "user_id": user,
-                "event_id": row["event_id"],
-                "kind": DEBIT,
-                "amount": -row["charge"],
-                "created_at": now,
-            }
-        )
-    if not ledger_written:
-        update_wallets(conn, deltas, now)
-        insert_debits(conn, debits)
+        outcomes[index] = Outcome.UNPRICED if row["charge"] is None else Outcome.BILLED
+        charges.append((row["user_id"], row["event_id"], row["charge"]))
+    if not postgres:
+        post_charges(conn, charges, now)
 
     _insert_rejections(conn, [r for _, r in rejections], now)
     for index, _ in rejections:

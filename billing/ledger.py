@@ -33,6 +33,33 @@ def insert_for(conn: AsyncConnection, table: sa.Table) -> Any:
     raise NotImplementedError(f"billing supports SQLite and PostgreSQL, not {name}")
 
 
+#: One new record's ledger part: (user_id, event_id, charge; None when unpriced).
+Charge = tuple[str, str, Decimal | None]
+
+
+def post_charges(conn: sa.Connection, charges: Sequence[Charge], now: datetime) -> None:
+    """Move each user's wallet by the sum of its charges (a user whose records are all
+    unpriced gets a wallet at 0) and write one debit per charge."""
+    deltas: dict[str, Decimal] = {}
+    debits: list[dict[str, Any]] = []
+    for user, event_id, charge in charges:
+        delta = deltas.setdefault(user, Decimal(0))
+        if charge is None:
+            continue
+        deltas[user] = delta - charge
+        debits.append(
+            {
+                "user_id": user,
+                "event_id": event_id,
+                "kind": DEBIT,
+                "amount": -charge,
+                "created_at": now,
+            }
+        )
+    update_wallets(conn, deltas, now)
+    insert_debits(conn, debits)
+
+
 def update_wallets(conn: sa.Connection, deltas: dict[str, Decimal], now: datetime) -> None:
     """Add each user's delta to their wallet (created at 0 when new), in user order: two
     PostgreSQL transactions then lock the wallets they share in the same order."""

@@ -5,15 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.items import naive_utc, utcnow
-from billing.ledger import insert_debits, insert_for, update_wallets
+from billing.ledger import Charge, insert_for, post_charges
 from billing.pricing import PricingError, compute_charge
-from billing.schema import BILLED, DEBIT, UNPRICED, billing_records, prices
+from billing.schema import BILLED, UNPRICED, billing_records, prices
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +89,7 @@ async def reprice_unpriced(
         .order_by(billing_records.c.id)
         .limit(limit)
     )
-    deltas: dict[str, Decimal] = {}
-    debits: list[dict[str, Any]] = []
+    charges: list[Charge] = []
     for record_id, event_id, user_id, usage_amount, unit_price in result.all():
         try:
             charge = compute_charge(usage_amount, unit_price)
@@ -104,16 +102,6 @@ async def reprice_unpriced(
         )
         if updated.rowcount != 1:
             continue  # another process repriced it meanwhile
-        deltas[user_id] = deltas.get(user_id, Decimal(0)) - charge
-        debits.append(
-            {
-                "user_id": user_id,
-                "event_id": event_id,
-                "kind": DEBIT,
-                "amount": -charge,
-                "created_at": now,
-            }
-        )
-    await conn.run_sync(update_wallets, deltas, now)
-    await conn.run_sync(insert_debits, debits)
-    return len(debits)
+        charges.append((user_id, event_id, charge))
+    await conn.run_sync(post_charges, charges, now)
+    return len(charges)
