@@ -2,7 +2,7 @@
 
 The loop, top to bottom::
 
-    run(stop):  start -> while not stop: step() -> close
+    run(stop):  start -> while not stop: step() in each lane (billing.lanes) -> close
     step():     take the batch fetched meanwhile (or fetch one) -> start fetching the next
                 -> process(batch)
     process():  decode each (unless decoded while fetched) -> apply all in ONE transaction
