@@ -209,3 +209,34 @@ def test_exact_decimal_reading_an_overflowed_sqlite_value_raises(sqlite_engine: 
     # hand back a rounded balance.
     with pytest.raises(OverflowError):
         ExactDecimal(38, 9).process_result_value(9.3e18, sqlite_engine.dialect)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0",
+        "-0",
+        "0.000000001",
+        "-0.000000001",
+        "1801",
+        "1801.000000000",
+        "1E+3",
+        "-12.5",
+        "9223372036.854775807",
+        "0.1000000000",
+    ],
+)
+def test_the_fast_sqlite_conversion_stores_what_the_bind_processor_stores(
+    sqlite_engine: sa.Engine, value: str
+) -> None:
+    # billing.batch_insert binds values itself through to_sqlite (integer arithmetic);
+    # it must store exactly what SQLAlchemy's bind processor would.
+    column_type = ExactDecimal(38, 9)
+    expected = column_type.process_bind_param(Decimal(value), sqlite_engine.dialect)
+    assert column_type.to_sqlite(Decimal(value)) == expected
+
+
+@pytest.mark.parametrize("value", ["0.0000000001", "NaN", "Infinity", "-1E-10"])
+def test_the_fast_sqlite_conversion_refuses_what_it_cannot_store_exactly(value: str) -> None:
+    with pytest.raises(ValueError):
+        ExactDecimal(38, 9).to_sqlite(Decimal(value))
