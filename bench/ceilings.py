@@ -24,6 +24,7 @@ from bench.workload import Message
 from shipper import frames
 from shipper.publisher import Message as PublisherMessage
 from shipper.publisher import Outcome, classify
+from usage_runtime import wire
 
 perf = time.perf_counter
 
@@ -193,7 +194,7 @@ async def bench_fast_ingest(
                         acks.room.clear()
                         await acks.room.wait()
                     acks.open += 1
-                    await frames.write_frames(nc, chunk)
+                    await wire.write_frames(nc, chunk)
                 await acks.done.wait()
         elapsed = perf() - start
         return Rate(

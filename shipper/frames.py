@@ -1,16 +1,5 @@
-"""NATS ``HPUB`` frames built here and written to nats-py's outgoing buffer.
-
-``nc.publish`` costs about 2.7 us a message in nats-py 2.16 (subject validation, the
-header block rebuilt from a dict, one buffer append and a flusher kick per call); a
-frame built here and a whole window handed over in one append cost about 0.65 us
-(measured: /work/shared/notes/jetstream-batch.md). At fast-ingest rates that difference
-is a third of the shipper's CPU per message.
-
-This leans on nats-py's private buffer (``Client._send_command`` / ``_flush_pending`` /
-``_flush_queue``), the same two calls its own ``publish`` ends with. pyproject.toml pins
-nats-py below the next minor version, and ``tests/test_shipper_frames.py`` fails loudly
-when these names or their behaviour change. When they are missing at run time,
-:func:`sender_for` falls back to ``nc.publish``: slower, same protocol.
+"""NATS ``HPUB`` frames built here, for :mod:`usage_runtime.wire` to write to nats-py's
+outgoing buffer in one append per window (why, and what private API that uses: there).
 
 Subjects and headers need no validation here: the write API and
 :func:`shipper.rows.to_message` checked them when the row was stored and claimed.
@@ -20,19 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from nats.aio.client import Client
-from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 
 from shipper.publisher import Message
+from usage_runtime.wire import PRIVATE_API, has_private_api, write_frames
 
 logger = logging.getLogger("shipper")
 
 _HEADER_LINE = b"NATS/1.0\r\n"
 _CRLF = b"\r\n"
-#: The private members of nats-py's ``Client`` that :func:`write_frames` uses.
-PRIVATE_API = ("_send_command", "_flush_pending", "_flush_queue", "_max_pending_size")
 
 
 def header_block(headers: dict[str, str]) -> bytes:
@@ -57,10 +43,6 @@ def hpub_frame(message: Message, reply: str) -> bytes:
 Sender = Callable[[Sequence[bytes], Sequence[tuple[Message, str]]], Awaitable[None]]
 
 
-def has_private_api(client: Client) -> bool:
-    return all(hasattr(client, name) for name in PRIVATE_API)
-
-
 def sender_for(client: Client) -> Sender:
     """How to put frames on ``client``'s connection: one buffer append for them all, or
     ``nc.publish`` per message when this nats-py lacks the private API."""
@@ -83,23 +65,3 @@ def sender_for(client: Client) -> Sender:
             )
 
     return publish
-
-
-async def write_frames(client: Client, frames: Sequence[bytes]) -> None:
-    """Append ``frames`` to ``client``'s outgoing buffer as one write and kick its flusher,
-    with the checks ``nc.publish`` makes first (closed; disconnected with a full buffer)."""
-    if client.is_closed:
-        raise ConnectionClosedError
-    data = b"".join(frames)
-    private: Any = client
-    if not client.is_connected and (
-        private._max_pending_size <= 0
-        or len(data) + client.pending_data_size > private._max_pending_size
-    ):
-        raise OutboundBufferLimitError
-    client.stats["out_msgs"] += len(frames)
-    client.stats["out_bytes"] += len(data)
-    await private._send_command(data)
-    queue = private._flush_queue
-    if queue is not None and queue.empty():
-        await private._flush_pending()

@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+import usage_runtime.wire
 from billing import jetstream as billing_js
 from billing.config import BillingConfig
 from billing.database import BillingDatabase
@@ -435,6 +436,34 @@ async def test_unpriced_malformed_and_contract_breaking_messages_are_kept_with_r
         assert report.user("bob").balance == Decimal("-0.16")  # type: ignore[union-attr]
         assert report.unpriced_events == 0
         assert (await db.audit()).ok
+
+
+@pytest.mark.parametrize("frames", [True, False], ids=["ack-frames", "nats-py-publish"])
+async def test_acks_and_terms_reach_the_server_on_both_settling_paths(
+    jetstream: JetStreamContext,
+    billing_config: ConfigFactory,
+    make_consumer: ConsumerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    frames: bool,
+) -> None:
+    # The settler writes acks and terms as frames to nats-py's private buffer, and falls
+    # back to one publish each when this nats-py lacks it (usage_runtime.wire).
+    if not frames:
+        monkeypatch.setattr(usage_runtime.wire, "has_private_api", lambda _client: False)
+    config = billing_config()
+    await _set_prices(config)
+    await billing_js.ensure_stream(jetstream, config)
+    events = _events(3)
+    for event in events:
+        await publish(jetstream, event)
+    await publish_raw(jetstream, "billing.usage.recorded.gpt-4", b"{oops", "m-bad")
+    consumer = make_consumer(config)
+    await consumer.drain(0.5)
+    assert (consumer.stats.billed, consumer.stats.rejected) == (3, 1)
+    # Acked and terminated: nothing pending, nothing in flight, nothing redelivered.
+    assert await _consumer_state(jetstream, config) == (0, 0)
+    await consumer.drain(0.3)
+    assert consumer.stats.received == 4
 
 
 async def test_a_message_the_database_refuses_does_not_hold_back_the_others(

@@ -33,6 +33,7 @@ from tests.fixtures.shipper import (
     write_events,
 )
 from usage_demo.natsserver import NatsServer
+from usage_runtime import wire
 
 SUBJECT = "billing.usage.recorded.gpt-4"
 
@@ -72,12 +73,12 @@ async def _publisher(client: NatsClient) -> FastIngestPublisher:
 
 
 def test_nats_py_still_has_the_private_api_the_frames_use() -> None:
-    """Fails loudly when a nats-py upgrade renames or drops what shipper.frames calls:
-    pin nats-py back (pyproject.toml) or adapt shipper/frames.py."""
+    """Fails loudly when a nats-py upgrade renames or drops what usage_runtime.wire calls:
+    pin nats-py back (pyproject.toml) or adapt usage_runtime/wire.py."""
     client = NatsClient()
-    missing = [name for name in frames.PRIVATE_API if not hasattr(client, name)]
-    assert not missing, f"nats-py {nats.__version__} lacks {missing}: see shipper/frames.py"
-    assert frames.has_private_api(client)
+    missing = [name for name in wire.PRIVATE_API if not hasattr(client, name)]
+    assert not missing, f"nats-py {nats.__version__} lacks {missing}: see usage_runtime/wire.py"
+    assert wire.has_private_api(client)
 
 
 def test_a_frame_is_byte_for_byte_what_nats_py_would_send() -> None:
@@ -93,7 +94,7 @@ def test_a_frame_is_byte_for_byte_what_nats_py_would_send() -> None:
 async def test_frames_written_to_the_buffer_arrive_with_headers(nats_client: NatsClient) -> None:
     received: list[tuple[str, bytes, dict[str, str]]] = []
     sub = await nats_client.subscribe("billing.>")
-    await frames.write_frames(nats_client, [frames.hpub_frame(m, "reply.to") for m in _messages(3)])
+    await wire.write_frames(nats_client, [frames.hpub_frame(m, "reply.to") for m in _messages(3)])
     for _ in range(3):
         msg = await sub.next_msg(timeout=5)
         received.append((msg.reply, msg.data, dict(msg.headers or {})))
