@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing import migrate
 from billing.batch_insert import insert_rows
 from billing.engines import create_billing_engine
-from billing.schema import wallets
+from billing.schema import rejected_events, wallets
 
 COLUMNS = ("user_id", "balance", "updated_at")
 MOMENTS = (datetime(2026, 3, 1, 12, 0, 0), datetime(2026, 3, 1, 12, 0, 0, 1))
@@ -94,3 +94,28 @@ async def test_returning_gives_only_the_rows_inserted(engine: AsyncEngine) -> No
         again = await conn.run_sync(insert_rows, t, COLUMNS, rows, tail)
     assert first == ["r-0-0", "r-0-1"]
     assert sorted(again) == sorted(str(r["user_id"]) for r in rows[2:])
+
+
+async def test_optional_columns_empty_in_every_row_or_in_some_are_stored_as_given(
+    engine: AsyncEngine,
+) -> None:
+    # On SQLite a nullable column that is None in every row of a statement is left out of
+    # it (binding None is slow there); one that is set in some rows is bound for all.
+    t = rejected_events
+    moment = MOMENTS[0]
+
+    def row(seq: int, event_id: str | None) -> dict[str, object]:
+        return {
+            "stream": "s", "stream_seq": seq, "subject": "billing.x", "payload": b"{}",
+            "payload_sha256": f"h{seq}", "reason": "r", "event_id": event_id,
+            "deliveries": 1, "received_at": moment,
+        }  # fmt: skip
+
+    none_at_all = [row(1, None), row(2, None)]
+    mixed = [row(3, None), row(4, "e-4"), row(5, None)]
+    async with engine.begin() as conn:
+        for rows in (none_at_all, mixed):
+            await conn.run_sync(insert_rows, t, tuple(rows[0]), rows)
+    async with engine.connect() as conn:
+        stored = dict((await conn.execute(sa.select(t.c.stream_seq, t.c.event_id))).all())
+    assert stored == {1: None, 2: None, 3: None, 4: "e-4", 5: None}
