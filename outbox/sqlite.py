@@ -72,7 +72,11 @@ def configure_sqlite(
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             # Only takes effect on a file with no table yet (or at the next VACUUM): every
             # new outbox file can hand free pages back with PRAGMA incremental_vacuum.
-            cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            # Setting it takes the write lock, even to the mode the file has, so it is set
+            # only where it can take effect: every connection setting it made a writer
+            # arriving meanwhile sleep 8 ms in SQLite's busy handler (bench.retention).
+            if _can_set_auto_vacuum(cursor):
+                cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute(f"PRAGMA synchronous = {synchronous}")
         finally:
@@ -83,6 +87,23 @@ def configure_sqlite(
         @event.listens_for(engine, "begin")
         def _on_begin(connection: sa.Connection) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+#: ``PRAGMA auto_vacuum``'s value for INCREMENTAL.
+_INCREMENTAL = 2
+
+
+def _can_set_auto_vacuum(cursor: Any) -> bool:
+    """The file is not INCREMENTAL yet and has no table (new): reads only, no lock."""
+    # DB-API calls only (execute, then fetchone): this runs on sqlite3's cursors and on
+    # SQLAlchemy's aiosqlite adapter alike.
+    cursor.execute("PRAGMA auto_vacuum")
+    (mode,) = cursor.fetchone()
+    if mode == _INCREMENTAL:
+        return False
+    cursor.execute("SELECT count(*) FROM sqlite_master")
+    (tables,) = cursor.fetchone()
+    return bool(tables == 0)
 
 
 def sqlite_file(url: str | sa.URL) -> str | None:

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from outbox import Outbox
-from outbox.sqlite import create_outbox_engine, sqlite_url
+from outbox.sqlite import configure_sqlite, create_outbox_engine, sqlite_url
 from outbox.transactions import Transactions
 from outbox.writelock import WriteLock, lock_path
 from tests.fixtures.shipper import ShipperRunner, shipper_config, usage_args
@@ -175,3 +175,26 @@ def _lease_taken_within(database: Path, seconds: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
+
+
+async def test_opening_a_connection_on_an_existing_outbox_takes_no_write_lock(
+    outbox_path: Path,
+) -> None:
+    # Setting auto_vacuum takes the write lock even when the file has that mode already:
+    # each new connection of the shipper's (outside the lock file) made a writer arriving
+    # meanwhile sleep in SQLite's busy handler. Only a new file gets it set.
+    async with Outbox(sqlite_url(outbox_path)) as outbox:
+        await outbox.record(**usage_args(0))
+    holder = sqlite3.connect(outbox_path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer in the middle of its commit
+        engine = sa.create_engine(sqlite_url(outbox_path, asynchronous=False))
+        configure_sqlite(engine, busy_timeout_ms=0, begin_immediate=False)
+        try:
+            with engine.connect() as conn:  # "database is locked" if connecting locks
+                assert conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2
+        finally:
+            engine.dispose()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
