@@ -53,8 +53,8 @@ async def checkpoint(conn: AsyncConnection, mode: str = "PASSIVE") -> tuple[int,
     return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
 
-async def auto_vacuum_mode(conn: AsyncConnection) -> int:
+def auto_vacuum_mode(conn: sa.Connection) -> int:
     """SQLite's ``auto_vacuum``: 0 none, 1 full, 2 incremental; -1 for other databases."""
     if conn.dialect.name != "sqlite":
         return -1
-    return int((await conn.exec_driver_sql("PRAGMA auto_vacuum")).scalar() or 0)
+    return int((conn.exec_driver_sql("PRAGMA auto_vacuum")).scalar() or 0)

@@ -19,6 +19,7 @@ Two ways an outbox comes to exist, and :func:`prepare` tells them apart:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from pathlib import Path
 
@@ -149,17 +150,26 @@ def stamp(connection: Connection) -> None:
     command.stamp(alembic_config(connection), "head")
 
 
-async def prepare_engine(engine: AsyncEngine) -> str:
-    """:func:`prepare` through an async engine, in one transaction.
+async def prepare_engine(
+    engine: AsyncEngine, *, lock: contextlib.AbstractAsyncContextManager[None] | None = None
+) -> str:
+    """:func:`prepare` through an async engine, in one transaction; ``lock`` (the
+    shipper's write lock file) is held around that transaction.
 
     The transaction holds the write lock (``BEGIN IMMEDIATE``), and alembic's upgrade,
     even with nothing to do, loads the migration scripts meanwhile (10-80 ms measured:
     a writer's longest commit as a shipper started). So the head revision is read from
     the scripts before the transaction, and an outbox already at it costs one ``SELECT``
-    inside."""
+    inside. A caller with a connection that takes no write lock asks :func:`at_head`
+    first and skips this when it says yes."""
     head = await asyncio.to_thread(_cached_head)
-    async with migration_lock(), engine.begin() as conn:
+    async with lock or contextlib.nullcontext(), migration_lock(), engine.begin() as conn:
         return await conn.run_sync(_prepare_unless_at, head)
+
+
+def at_head(connection: Connection) -> bool:
+    """Whether the outbox's recorded revision is this version's head (nothing to do)."""
+    return current_revision(connection) == _cached_head()
 
 
 _head: list[str] = []

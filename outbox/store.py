@@ -219,11 +219,11 @@ def set_in_flight(
     return bool(result.rowcount)
 
 
-async def recover_in_flight(conn: AsyncConnection, *, name: str) -> int:
+def recover_in_flight(conn: sa.Connection, *, name: str) -> int:
     """After taking the lease: if the previous holder died with rows in flight, count an
     attempt started on each of them. Returns the number of rows counted."""
     span = (
-        await conn.execute(
+        conn.execute(
             sa.select(lease_table.c.in_flight_from, lease_table.c.in_flight_to).where(
                 lease_table.c.name == name
             )
@@ -231,12 +231,12 @@ async def recover_in_flight(conn: AsyncConnection, *, name: str) -> int:
     ).first()
     if span is None or span[0] is None:
         return 0
-    result = await conn.execute(
+    result = conn.execute(
         sa.update(outbox_table)
         .where(_t.id.between(span[0], span[1]), _t.state == PENDING)
         .values(attempts=_t.attempts + 1)
     )
-    await conn.execute(
+    conn.execute(
         sa.update(lease_table)
         .where(lease_table.c.name == name)
         .values(in_flight_from=None, in_flight_to=None)

@@ -118,10 +118,10 @@ async def status(url: str) -> None:
         if current.sent:
             print(f"sent (kept)         {current.sent}")
         print(f"last error          {current.last_error or '-'}")
-        holder = await leases.lease_holder(conn, name=LEASE_NAME)
+        holder = await conn.run_sync(leases.lease_holder, name=LEASE_NAME)
         print(f"lease               {_lease_text(holder)}")
         try:
-            notes = await leases.read_notes(conn)
+            notes = await conn.run_sync(leases.read_notes)
         except SQLAlchemyError:  # an outbox no shipper has upgraded to revision 0003 yet
             notes = {}
         for name, (text, since) in notes.items():

@@ -82,9 +82,8 @@ class Tidier:
 
     async def _can_shrink(self) -> bool:
         if self._auto_vacuum is None:
-            async with self.engine.connect() as conn:
-                self._auto_vacuum = await filespace.auto_vacuum_mode(conn) == 2
-                await conn.rollback()
+            # A read (no write lock: the async engine's transactions BEGIN IMMEDIATE).
+            self._auto_vacuum = await self.db.read(filespace.auto_vacuum_mode) == 2
             if not self._auto_vacuum and self.engine.dialect.name == "sqlite":
                 logger.info(
                     "the outbox file is not in auto_vacuum=INCREMENTAL mode; it will not "

@@ -47,13 +47,13 @@ async def test_recover_in_flight_counts_one_attempt_on_the_dead_shippers_rows(
     engine = create_outbox_engine(sqlite_url(outbox_path))
     try:
         async with engine.begin() as conn:
-            taken = await leases.take_lease(
-                conn, name=LEASE_NAME, owner="next", now=time.time(), ttl=5
+            taken = await conn.run_sync(
+                leases.take_lease, name=LEASE_NAME, owner="next", now=time.time(), ttl=5
             )
             assert taken  # the dead shipper's lease had expired
-            assert await store.recover_in_flight(conn, name=LEASE_NAME) == 4
+            assert await conn.run_sync(store.recover_in_flight, name=LEASE_NAME) == 4
         async with engine.begin() as conn:  # the range was cleared: nothing counted twice
-            assert await store.recover_in_flight(conn, name=LEASE_NAME) == 0
+            assert await conn.run_sync(store.recover_in_flight, name=LEASE_NAME) == 0
     finally:
         await engine.dispose()
     attempts = [row["attempts"] for row in outbox_rows(outbox_path)]

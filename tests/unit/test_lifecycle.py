@@ -87,7 +87,7 @@ async def test_a_crashing_lease_keeper_stops_the_shipper_with_its_error(
     def broken(*_args: object, **_kwargs: object) -> bool:
         raise RuntimeError("a bug in the renewal")
 
-    monkeypatch.setattr(leases, "renew_lease", broken)  # the keeper's next renewal
+    monkeypatch.setattr(leases, "take_lease", broken)  # the keeper's next renewal
     with pytest.raises(SideTaskDied, match="RuntimeError: a bug in the renewal") as raised:
         await asyncio.wait_for(task, 10)
     assert isinstance(raised.value.__cause__, RuntimeError)
