@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -275,6 +276,22 @@ async def test_a_drain_goes_on_while_the_server_holds_back_for_acknowledgements(
     consumer = make_consumer(config)
     await consumer.drain(0.5)
     assert consumer.stats.received == 200
+
+
+async def test_a_drain_with_several_lanes_ends_after_one_idle_wait(
+    jetstream: JetStreamContext, billing_config: ConfigFactory, make_consumer: ConsumerFactory
+) -> None:
+    # Each lane fetched in turn and waited the idle timeout for nothing: with 4 lanes a
+    # --burst run took 4x the idle timeout to exit.
+    config = billing_config(parallel_batches=4)
+    await billing_js.ensure_stream(jetstream, config)
+    await publish(jetstream, usage_event("alice", "gpt-4", input_tokens=1))
+    consumer = make_consumer(config)
+    await consumer.start()
+    started = time.monotonic()
+    await consumer.drain(1.0)
+    assert consumer.stats.received == 1
+    assert time.monotonic() - started < 2.5, "one idle wait (1 s), not one per lane (4 s)"
 
 
 def test_batches_in_flight_follow_the_database_unless_set() -> None:
