@@ -89,7 +89,7 @@ class Transactions:
     @contextlib.asynccontextmanager
     async def locked(self) -> AsyncIterator[None]:
         """Hold the write lock file (SQLite) around a write transaction made elsewhere, on
-        the async engine: the shipper's start-up transactions (migration check, lease).
+        the async engine: the shipper's start-up migration, when the outbox needs one.
         Without it a writer arriving meanwhile waits in SQLite's busy handler (measured:
         a 34 ms commit as a shipper started). Its own lock instance (its own open file),
         so it also queues behind this object's thread."""

@@ -11,8 +11,8 @@ is released, then takes SQLite's lock (``BEGIN IMMEDIATE``) at once. It is relea
 soon as the transaction has committed or rolled back.
 
 Who takes it (no code changes needed): :class:`outbox.Outbox` (its group commits), the
-shipper (every settle/claim/cleanup transaction, and its start-up's migration check and
-lease through :meth:`outbox.transactions.Transactions.locked`), anything else that runs
+shipper (every settle/claim/cleanup/lease/note transaction, and a start-up migration
+through :meth:`outbox.transactions.Transactions.locked`), anything else that runs
 its writes through :class:`outbox.transactions.Transactions`. A service that calls
 ``record_usage`` inside its own transaction on its own engine does not take it (the
 package cannot see where that transaction ends); it waits in SQLite's busy handler as
