@@ -330,7 +330,10 @@ async def test_cluster_survives_losing_the_stream_leader(nats_cluster: NatsClust
     try:
         js = nc.jetstream(timeout=1)
         await add_stream(js, "R", replicas=3)
-        await js.publish("r.one", b"1", headers={"Nats-Msg-Id": "r-1"})
+        # A new R3 stream elects its leader first: until then a publish finds no one.
+        await eventually(
+            lambda: js.publish("r.one", b"1", headers={"Nats-Msg-Id": "r-1"}), within=10
+        )
         info = await js.stream_info("R")
         assert info.cluster is not None and info.cluster.leader is not None
         leader = nats_cluster.index_of(info.cluster.leader)
