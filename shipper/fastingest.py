@@ -25,6 +25,13 @@ final PubAck says none was (``seq`` 0: the whole batch was a re-send); the acks 
 say which ones of a mixed batch were duplicates. A batch the shipper suspects (one it
 re-sends after a crash) is published per message instead, see
 :meth:`FastIngestPublisher.publish`.
+
+Batch ids are the stream's: the server keeps a batch open for 10 s after its last
+message, and a batch under the same id, from any connection, is taken for its
+continuation (answered with a ``gap`` and the *old* batch's final PubAck). So every
+publisher draws a random part for its ids, and a gap that says the server expected a
+later sequence than the one sent marks the batch as not ours: nothing of it is taken as
+stored.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -76,7 +84,16 @@ _START, _APPEND, _COMMIT = 0, 1, 2
 class _Batch:
     """What the server said so far about one fast-ingest batch."""
 
-    __slots__ = ("acked", "count", "disabled", "done", "duplicates", "failed", "progress")
+    __slots__ = (
+        "acked",
+        "count",
+        "disabled",
+        "done",
+        "duplicates",
+        "failed",
+        "foreign",
+        "progress",
+    )
 
     def __init__(self) -> None:
         self.acked = 0  # highest batch sequence a flow ack says is stored
@@ -86,9 +103,14 @@ class _Batch:
         self.disabled = False  # the stream refuses batches (allow_batched off)
         self.done = asyncio.Event()  # the final PubAck is in (or the batch failed)
         self.progress = asyncio.Event()  # any answer came in
+        # The server expected a later sequence than we sent: its batch under this id is
+        # not ours (see FastIngestPublisher.__init__), nor are its counts.
+        self.foreign = False
 
     @property
     def stored(self) -> int:
+        if self.foreign:
+            return 0
         return self.count if self.count is not None else self.acked
 
 
@@ -115,6 +137,14 @@ class FastIngestPublisher:
         self._window = max(window, flow)
         self._prefix = client.new_inbox()
         self._batches: dict[str, _Batch] = {}
+        # Batch ids are the stream's, not the connection's: a batch left open (a shipper
+        # stopped or killed mid-batch) stays on the stream for 10 s, and a new batch
+        # under its id is taken for its continuation. Measured: a second connection's
+        # batch "1" got a gap and then the old batch's final PubAck, count 20, for 20
+        # messages of which none was stored; a counter from 1 per publisher reused the
+        # ids of the run before and its rows were deleted unsent. So each publisher's
+        # ids carry a random part of their own.
+        self._id_base = secrets.token_hex(8)
         self._next_id = 0
         # Ids of messages sent without an answer (shared by the link's publishers, so it
         # outlives a connection): see _holds_unsure.
@@ -230,7 +260,7 @@ class FastIngestPublisher:
         flow ack, and wait for its end; return what the server said and how many were
         sent (those after the first failure are not)."""
         self._next_id += 1
-        batch_id = str(self._next_id)
+        batch_id = f"{self._id_base}{self._next_id}"
         batch = _Batch()
         self._batches[batch_id] = batch
         reply_prefix = f"{self._prefix}.{batch_id}.{self._flow}.fail."
@@ -303,6 +333,8 @@ class FastIngestPublisher:
             return
         if data.startswith(b'{"type":'):  # "gap" or "err": the batch ends short
             batch.failed = True
+            if data.startswith(b'{"type":"gap"'):
+                batch.foreign = batch.foreign or _ahead_of_us(data)
             return
         answer = _parse(data)
         error = answer.get("error")
@@ -332,6 +364,15 @@ class FastIngestPublisher:
                 await self._subscription.unsubscribe()
         self._subscription = None
         await self.per_message.close()
+
+
+def _ahead_of_us(gap: bytes) -> bool:
+    """A gap report ``{"type":"gap","last_seq":E,"seq":S}`` (E: the sequence the server
+    expected, S: the one it got) with E > S: the server's batch was further on than
+    anything we sent, so it was another's. A lost message of ours gives E < S."""
+    answer = _parse(gap)
+    expected, got = answer.get("last_seq"), answer.get("seq")
+    return isinstance(expected, int) and isinstance(got, int) and expected > got
 
 
 def _parse(data: bytes) -> dict[str, Any]:

@@ -133,6 +133,51 @@ async def test_a_batch_is_stored_once_and_a_resend_is_all_duplicates(
     await publisher.close()
 
 
+async def _leave_a_batch_open(url: str, batch_id: str, count: int) -> None:
+    """What a shipper stopped or killed mid-batch leaves on the stream for 10 s: a
+    fast-ingest batch under ``batch_id`` with ``count`` messages stored and no commit."""
+    nc = await nats.connect(url)
+    try:
+        inbox = nc.new_inbox()
+        for seq in range(1, count + 1):
+            op = 0 if seq == 1 else 1
+            await nc.publish(
+                SUBJECT,
+                b'{"left":%d}' % seq,
+                reply=f"{inbox}.{batch_id}.10.fail.{seq}.{op}.$FI",
+                headers=contract_headers(f"left-{seq}"),
+            )
+        await nc.flush()
+    finally:
+        await nc.close()
+
+
+async def test_a_batch_whose_id_the_stream_has_open_is_not_taken_as_stored(
+    nats_server: NatsServer, nats_client: NatsClient, jetstream: JetStreamContext
+) -> None:
+    """Batch ids belong to the stream: a batch left open under the id our next batch
+    uses answers it with a gap and then with its own final PubAck (count = what *it*
+    stored). Taken at its word, our rows would be deleted unsent. Forced here (ids are
+    random per publisher, so it takes two publishers drawing the same one)."""
+    await _stream(jetstream, batched=True)
+    await _leave_a_batch_open(nats_server.url, "1", 20)
+    publisher = await _publisher(nats_client)
+    publisher._id_base = ""  # its first batch is "1", the one left open
+    messages = _messages(20)
+    results = await publisher.publish(messages)
+    assert {r.outcome for r in results} == {Outcome.STORED}
+    stored = set(msg_ids(await read_stream(nats_server.url, stream="FAST")))
+    assert {f"event-{i}" for i in range(20)} <= stored, "a row told stored is not in the stream"
+    await publisher.close()
+
+
+async def test_two_publishers_draw_different_batch_ids(nats_client: NatsClient) -> None:
+    first, second = await _publisher(nats_client), await _publisher(nats_client)
+    assert first._id_base != second._id_base and len(first._id_base) == 16
+    await first.close()
+    await second.close()
+
+
 @pytest.mark.parametrize("where", [0, 3, 6], ids=["first", "middle", "last"])
 async def test_a_failing_message_ends_the_batch_and_gets_its_own_outcome(
     nats_client: NatsClient, jetstream: JetStreamContext, where: int
