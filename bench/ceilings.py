@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -168,10 +169,13 @@ async def bench_fast_ingest(
     nc = await nats.connect(url)
     try:
         prefix = nc.new_inbox()
+        # Batch ids are the stream's (see shipper.fastingest): a random part per run, so
+        # no batch of an earlier run left open could take ours for its continuation.
+        base = secrets.token_hex(8)
         chunks: list[list[bytes]] = []
         for number, first in enumerate(range(0, len(messages), batch)):
             part = messages[first : first + batch]
-            reply = f"{prefix}.{number}.{flow}.fail."
+            reply = f"{prefix}.{base}{number}.{flow}.fail."
             chunks.append(
                 [
                     frames.hpub_frame(
