@@ -57,4 +57,4 @@ def auto_vacuum_mode(conn: sa.Connection) -> int:
     """SQLite's ``auto_vacuum``: 0 none, 1 full, 2 incremental; -1 for other databases."""
     if conn.dialect.name != "sqlite":
         return -1
-    return int((conn.exec_driver_sql("PRAGMA auto_vacuum")).scalar() or 0)
+    return int(conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() or 0)

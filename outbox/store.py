@@ -268,8 +268,8 @@ def delete_sent(conn: sa.Connection, ids: Sequence[int]) -> int:
         # settle transaction than the Core DELETE (measured), and the shipper runs one
         # per 100 acknowledged rows, on its critical path.
         result = conn.execute(_DELETE_RUN, {"first": run[0], "last": run[1]})
-    else:
-        result = conn.execute(sa.delete(outbox_table).where(_ids_in(ids)))
+    else:  # not a run (_id_run said so): the IN list
+        result = conn.execute(sa.delete(outbox_table).where(_t.id.in_(ids)))
     return result.rowcount or 0
 
 

@@ -63,6 +63,25 @@ def holder_is_gone(owner: str) -> bool:
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
+async def write_through(
+    db: Transactions | None,
+    engine: AsyncEngine,
+    body: Callable[..., T],
+    /,
+    *args: Any,
+    **kwargs: Any,
+) -> T:
+    """``body(connection, ...)`` in one write transaction: through ``db``, run whole in one
+    thread behind the outbox's write lock file, as every other shipper write, so a writer
+    waits for it in the kernel for its few statements (measured: the lease taken statement
+    by statement on the async engine held the lock file 12-14 ms as a shipper started);
+    else (no store opened yet) on the engine."""
+    if db is not None:
+        return await db.write(body, *args, **kwargs)
+    async with engine.begin() as conn:
+        return await conn.run_sync(body, *args, **kwargs)
+
+
 class Lease:
     def __init__(
         self,
@@ -150,15 +169,7 @@ class Lease:
         return store.recover_in_flight(conn, name=LEASE_NAME)
 
     async def _write(self, body: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """``body(connection, ...)`` in one write transaction: through ``db``, run whole in
-        one thread behind the outbox's write lock file, as every other shipper write, so
-        a writer waits for it in the kernel for its few statements (measured: the lease
-        taken statement by statement on the async engine held the lock file 12-14 ms as
-        a shipper started); else on the engine."""
-        if self._db is not None:
-            return await self._db.write(body, *args, **kwargs)
-        async with self.engine.begin() as conn:
-            return await conn.run_sync(body, *args, **kwargs)
+        return await write_through(self._db, self.engine, body, *args, **kwargs)
 
     async def keep(self) -> None:
         """Renew the lease every third of its time to live until a stop; raise
@@ -177,7 +188,7 @@ class Lease:
                 raise LeaseLost(LEASE_LOST)
 
     async def _renew(self) -> bool:
-        """One renewal, through :meth:`_write` (see there)."""
+        """One renewal, through :func:`write_through` (see there)."""
         return await self._write(
             leases.take_lease, name=LEASE_NAME, owner=self.owner, now=time.time(), ttl=self.ttl
         )

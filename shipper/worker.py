@@ -45,7 +45,7 @@ from outbox.sqlite import create_outbox_engine, sqlite_file
 from outbox.transactions import Transactions
 from shipper.config import ShipperConfig
 from shipper.errors import ConfigError, LeaseLost, SideTaskDied, TransientError
-from shipper.lease import Lease
+from shipper.lease import Lease, write_through
 from shipper.link import JetStreamLink, Link, LinkHooks
 from shipper.metrics import ShipperMetrics, metrics_for
 from shipper.pipeline import Pipeline
@@ -297,11 +297,7 @@ class Shipper:
         on its next change or step."""
         try:
             async with asyncio.timeout(NOTE_TIMEOUT):
-                if self._db is not None:  # behind the write lock file, as every write
-                    await self._db.write(_set_note, name, text)
-                else:
-                    async with self.engine.begin() as conn:
-                        await conn.run_sync(_set_note, name, text)
+                await write_through(self._db, self.engine, _set_note, name, text)
         except (SQLAlchemyError, TimeoutError) as exc:
             logger.debug("could not write the %s note: %s", name, exc)
             return False
