@@ -87,6 +87,7 @@ from bench.memory import bench_memory
 from bench.outbox_floor import bench_outbox_floor
 from bench.report import Row, load, print_table, server_version
 from bench.shipper_table import Ceilings, table
+from bench.speed import SpeedLog
 from bench.stream import DEFAULTS, create_stream, purge, set_batched
 from bench.workload import build_messages
 from shipper.fastingest import DEFAULT_FLOW
@@ -103,9 +104,15 @@ async def run(args: argparse.Namespace) -> list[Row]:
             try:
                 await create_stream(admin)
                 step = time.perf_counter()
+                speeds = SpeedLog()
 
                 def progress(what: str) -> None:
-                    print(f"  [{time.perf_counter() - step:6.1f} s] {what}", flush=True)
+                    probe = speeds.note(what.split(" (")[0])
+                    print(
+                        f"  [{time.perf_counter() - step:6.1f} s] {what} (speed probe "
+                        f"{probe:.1f} ms)",
+                        flush=True,
+                    )
 
                 # Warm-up: the stream's first file blocks, the client's code paths.
                 await bench_lean(server.url, build_messages(2_000), window)
@@ -169,16 +176,28 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 await admin.close()
         finally:
             server.stop()
-    return table(
-        window,
-        Ceilings(ceiling_async, ceiling_lean, fast, flows, outbox),
-        sequential,
-        legacy,
-        drain,
-        fallback,
-        latency,
-        memory,
+    drain_phase = "shipper drain"
+    fallback_phase = "shipper drain, per-message fallback"
+    speed_row = speeds.row(
+        {
+            "drain/lean": [drain_phase, "lean ceiling"],
+            "drain/fast-ingest": [drain_phase, "fast-ingest ceiling"],
+            "fallback/publish_async": [fallback_phase, "publish_async ceiling"],
+        }
     )
+    return [
+        *table(
+            window,
+            Ceilings(ceiling_async, ceiling_lean, fast, flows, outbox),
+            sequential,
+            legacy,
+            drain,
+            fallback,
+            latency,
+            memory,
+        ),
+        speed_row,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
