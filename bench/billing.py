@@ -61,7 +61,16 @@ import sqlalchemy as sa
 from bench.billing_stream import TIMEOUT, Rate, ceiling, fill
 from bench.postgres import DEFAULT_POSTGRES, throwaway_postgres
 from bench.processes import start_shipper, stop_process, wait_ready
-from bench.report import Row, load, percentile, print_table, server_version, verdict
+from bench.report import (
+    Row,
+    add_repeat_argument,
+    load,
+    percentile,
+    print_table,
+    repeat_count,
+    server_version,
+    verdict,
+)
 from bench.stream import read_stream
 from bench.workload import PRODUCTS
 from bench.writer import write_at_rate
@@ -448,13 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="all",
         help="the throughput rows, the written -> billed row, or both (default)",
     )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=None,
-        help="runs of the ceiling and of the two goal rows, interleaved; the best of each is "
-        "kept (default 3, 1 with --quick)",
-    )
+    add_repeat_argument(parser, "the ceiling and of the two goal rows")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument(
         "--profile", type=Path, default=None, help="cProfile the consumer into this file"
@@ -462,10 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.latency_seconds = 10_000, 3.0
-    if args.repeat is None:
-        args.repeat = 1 if args.quick else 3
-    if args.repeat < 1:
-        parser.error("--repeat must be 1 or more")
+    args.repeat = repeat_count(parser, args)
     print(
         f"usage-outbox billing, Python {sys.version.split()[0]}, nats-py {version('nats-py')}, "
         f"nats-server {server_version()}, SQLite {sqlite3.sqlite_version}, "

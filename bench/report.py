@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import subprocess
@@ -59,3 +60,24 @@ def server_version() -> str:
         )
         return done.stdout.strip().removeprefix("nats-server: ")
     return "?"
+
+
+def add_repeat_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--repeat``: runs of ``what``, interleaved, the best of each kept (the box's speed
+    flips within seconds, :mod:`bench.speed`); see :func:`repeat_count`."""
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help=f"runs of {what}, interleaved; the best of each is kept (default 3, 1 with --quick)",
+    )
+
+
+def repeat_count(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``--repeat`` as given, else 3 (1 for a ``--quick`` smoke run)."""
+    repeat: int | None = args.repeat
+    if repeat is None:
+        return 1 if args.quick else 3
+    if repeat < 1:
+        parser.error("--repeat must be 1 or more")
+    return repeat

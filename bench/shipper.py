@@ -73,6 +73,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import nats
 
@@ -88,7 +89,14 @@ from bench.drain import Drain, bench_shipper
 from bench.latency import bench_latency
 from bench.memory import bench_memory
 from bench.outbox_floor import bench_outbox_floor
-from bench.report import Row, load, print_table, server_version
+from bench.report import (
+    Row,
+    add_repeat_argument,
+    load,
+    print_table,
+    repeat_count,
+    server_version,
+)
 from bench.shipper_table import Ceilings, table
 from bench.speed import SpeedLog
 from bench.stream import DEFAULTS, create_stream, purge, set_batched
@@ -176,10 +184,10 @@ async def run(args: argparse.Namespace) -> list[Row]:
                         await bench_shipper(directory, server, admin, args.events, args.grace, None)
                     )
                     await set_batched(admin, True)
-                ceiling_async, ceiling_lean, fast, outbox = (
-                    best(runs) for runs in (asyncs, leans, fasts, floors)
+                ceiling_async, ceiling_lean, fast, outbox = map(
+                    best, (asyncs, leans, fasts, floors)
                 )
-                drain, fallback = best_drain(drains), best_drain(fallbacks)
+                drain, fallback = best(drains), best(fallbacks)
                 progress(f"fast-ingest flows {args.flows}")
                 flows: dict[int, Rate] = {}
                 for flow in args.flows:
@@ -234,13 +242,19 @@ async def run(args: argparse.Namespace) -> list[Row]:
     ]
 
 
-def best(runs: list[Rate]) -> Rate:
+class _Run(Protocol):
+    @property
+    def clean(self) -> bool: ...
+    @property
+    def per_s(self) -> float: ...
+
+
+RunT = TypeVar("RunT", bound=_Run)
+
+
+def best(runs: list[RunT]) -> RunT:
     """The fastest clean run (the fastest of all when none is clean)."""
-    return max(runs, key=lambda rate: (rate.clean, rate.per_s))
-
-
-def best_drain(runs: list[Drain]) -> Drain:
-    return max(runs, key=lambda drain: (drain.clean, drain.per_s))
+    return max(runs, key=lambda run: (run.clean, run.per_s))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -274,13 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds an exit-when-idle shipper may go on after its last PubAck (it tidies "
         "the file) before it is stopped",
     )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=None,
-        help="runs of each ceiling, the outbox floor and both drains, interleaved; the best "
-        "of each is reported (default 3, 1 with --quick)",
-    )
+    add_repeat_argument(parser, "each ceiling, the outbox floor and both drains")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
     parser.add_argument(
@@ -290,11 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.events, args.sequential, args.legacy = 10_000, 1_000, 200
         args.latency_seconds, args.backlog, args.grace = 3.0, 30_000, 5.0
-        args.repeat = 1 if args.repeat is None else args.repeat
-    if args.repeat is None:
-        args.repeat = 3
-    if args.repeat < 1:
-        parser.error("--repeat must be 1 or more")
+    args.repeat = repeat_count(parser, args)
     if args.ceiling_events is None:
         args.ceiling_events = args.events
     print(

@@ -41,6 +41,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from bench.report import add_repeat_argument, repeat_count
 from outbox import Outbox, build_usage_event, outbox_table, record_usage, record_usages
 from outbox.migrate import upgrade
 from outbox.sqlite import create_outbox_engine, sqlite_url
@@ -279,15 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1_000, help="events per batch")
     parser.add_argument("--outbox-events", type=int, default=50_000, help="Outbox events")
     parser.add_argument("--callers", type=int, default=64, help="concurrent Outbox callers")
-    parser.add_argument(
-        "--repeat", type=int, default=3, help="runs of the batch form and its floor (best kept)"
-    )
+    add_repeat_argument(parser, "the batch form and its floor")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
     args = parser.parse_args(argv)
     if args.quick:
         args.single, args.batch_events, args.outbox_events = 2_000, 20_000, 10_000
-        args.repeat = 1
+    args.repeat = repeat_count(parser, args)
     print(
         f"usage-outbox write path, Python {sys.version.split()[0]}, SQLite "
         f"{sqlite3.sqlite_version}, sizes: single={args.single:,} batch={args.batch_events:,} "
