@@ -2,7 +2,8 @@
 
 Raw ``sqlite3`` on a file filled through the real write API, the shipper's sizes (reads of
 ``batch`` rows in id order, deletes of :data:`shipper.pipeline.SETTLE_CHUNK` rows, one
-``BEGIN IMMEDIATE`` transaction each) and the shipper's pragmas (WAL, synchronous NORMAL).
+``BEGIN IMMEDIATE`` transaction each) and the shipper's pragmas (WAL, synchronous NORMAL,
+secure_delete FAST).
 With the fast-ingest ceiling (publishing alone, no database) it bounds what one process
 can drain: the two run in one interpreter, so their costs per row add up (less what
 SQLite and the socket do with the interpreter lock released).
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from bench.ceilings import Rate
 from bench.workload import fill_outbox
+from outbox.sqlite import SECURE_DELETE
 from shipper.pipeline import SETTLE_CHUNK
 
 _READ = (
@@ -31,6 +33,7 @@ async def bench_outbox_floor(directory: Path, events: int, batch: int) -> Rate:
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA secure_delete = {SECURE_DELETE}")
         start, after, done = time.perf_counter(), 0, 0
         while rows := conn.execute(_READ, (after, batch)).fetchall():
             after, done = rows[-1][0], done + len(rows)

@@ -5,6 +5,13 @@
   A power loss (not a process crash) can lose the last commits; the file stays
   consistent. It is the usual trade-off for an outbox beside a service: ~34k commits/s
   instead of ~6k. Pass ``synchronous="FULL"`` where a power cut must not lose a row.
+* ``secure_delete=FAST``: Debian's SQLite (the one Python uses on Debian and Ubuntu) is
+  built with secure delete on: every deleted row is overwritten with zeros and every page
+  it frees is written to the WAL again. FAST still zeroes deleted rows in the pages a
+  delete writes anyway and skips the extra page writes; freed pages may keep old bytes
+  until ``incremental_vacuum`` hands them back (SQLite's own default build: OFF). The
+  shipper deletes every row it ships: measured on a 100,000-row drain, reads of 1,000 and
+  deletes of 100, the database's part per row went from 8.0 to 5.8 us (bench.outbox_floor).
 * ``busy_timeout``: a writer waits for the lock instead of failing with
   ``database is locked``; every transaction here is short, so the wait is too.
 * ``BEGIN IMMEDIATE`` on engines this package owns: the write lock is taken at the start
@@ -34,6 +41,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
+#: ``PRAGMA secure_delete`` on every connection (see the module docstring).
+SECURE_DELETE = "FAST"
 #: Mode of a database file created here: usage events are billing data.
 PRIVATE_FILE_MODE = 0o600
 
@@ -79,6 +88,7 @@ def configure_sqlite(
                 cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute(f"PRAGMA synchronous = {synchronous}")
+            cursor.execute(f"PRAGMA secure_delete = {SECURE_DELETE}")
         finally:
             cursor.close()
 
