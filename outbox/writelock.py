@@ -20,6 +20,13 @@ before, for shipper transactions that are short (each holds the write lock for o
 batch's statements only). It may take it around its own transaction with
 :meth:`WriteLock.held` where its write latency matters.
 
+A process that has to wait for the lock says so while it waits: it holds a shared POSIX
+record lock on the lock file's first byte (:data:`WAITING_BYTE`; Linux keeps those apart
+from ``flock``). The shipper, which takes the lock without waiting from its event loop
+(:meth:`WriteLock.try_acquire`), looks at that byte first and lets a waiting writer go
+before it: ``flock`` hands a released lock to nobody in particular, and a loop that
+takes it again at once kept a woken writer out for a whole series of transactions.
+
 The lock is advisory and only for fairness: SQLite's lock still decides who writes. If
 the file cannot be opened (a read-only directory, another user's file), writes go on
 without it.
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -89,11 +97,31 @@ class WriteLock:
         if fd is None:
             yield
             return
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _take(fd)
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def try_acquire(self) -> bool:
+        """Take the lock only if it is free and no other process waits for it (see the
+        module docstring), without waiting; True also when there is no lock file to take
+        (then SQLite's lock alone decides). :meth:`release` gives it back."""
+        fd = self._open()
+        if fd is None:
+            return True
+        if writer_waiting(fd):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        """Give back a lock :meth:`try_acquire` took."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     @contextlib.asynccontextmanager
     async def held_async(self) -> AsyncIterator[None]:
@@ -106,7 +134,7 @@ class WriteLock:
         if fd is None:
             yield
             return
-        taking = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
+        taking = asyncio.ensure_future(asyncio.to_thread(_take, fd))
         try:
             await asyncio.shield(taking)
         except asyncio.CancelledError:
@@ -124,3 +152,50 @@ class WriteLock:
             fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+#: The byte of the lock file on which a process waiting for the lock holds a shared POSIX
+#: record lock (``lockf``) while it waits. Linux keeps those apart from ``flock`` locks on
+#: the same file, so this says "someone is waiting" without touching the lock itself.
+WAITING_BYTE = 0
+
+
+def _take(fd: int) -> None:
+    """Take the lock, waiting in the kernel if it is held; while waiting, say so."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return  # free: nothing to announce (the usual case)
+    except BlockingIOError:
+        pass
+    announced = _announce(fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    finally:
+        if announced:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, WAITING_BYTE)
+
+
+def _announce(fd: int) -> bool:
+    """Hold :data:`WAITING_BYTE` shared; it waits only while a probe (below) holds it."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH, 1, WAITING_BYTE)
+    except OSError:  # record locks unsupported on this file system: wait unannounced
+        return False
+    return True
+
+
+def writer_waiting(fd: int) -> bool:
+    """Whether another process waits for the lock of the file open as ``fd``.
+
+    POSIX record locks belong to a process: this process's own waiting threads are not
+    seen, and when one of a process's threads stops waiting, the mark of its others goes
+    too (they still queue in the kernel, only unannounced).
+    """
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, WAITING_BYTE)
+    except OSError as exc:
+        # Held shared: someone announced a wait. Any other error: record locks do not
+        # work here, and nobody can announce one.
+        return exc.errno in (errno.EACCES, errno.EAGAIN)
+    fcntl.lockf(fd, fcntl.LOCK_UN, 1, WAITING_BYTE)
+    return False

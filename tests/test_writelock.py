@@ -10,8 +10,9 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from outbox import Outbox
 from outbox.sqlite import configure_sqlite, create_outbox_engine, sqlite_url
 from outbox.transactions import Transactions
-from outbox.writelock import WriteLock, lock_path
+from outbox.writelock import WriteLock, lock_path, writer_waiting
 from tests.fixtures.shipper import ShipperRunner, shipper_config, usage_args
 from usage_demo.waiting import wait_until
 
@@ -198,3 +199,160 @@ async def test_opening_a_connection_on_an_existing_outbox_takes_no_write_lock(
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+# -- waiting writers go first -----------------------------------------------------------
+
+_WAITER = """
+import sys
+from outbox.writelock import WriteLock
+lock = WriteLock(sys.argv[1])
+print("waiting", flush=True)
+with lock.held():
+    print("got it", flush=True)
+    sys.stdin.readline()
+"""
+
+_ANNOUNCER = """
+import fcntl, os, sys
+from outbox.writelock import WAITING_BYTE, lock_path
+fd = os.open(lock_path(sys.argv[1]), os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.lockf(fd, fcntl.LOCK_SH, 1, WAITING_BYTE)  # says it waits, holds no flock
+print("announced", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _child(script: str, database: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(database)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
+def _finish(child: subprocess.Popen[str]) -> None:
+    assert child.stdin is not None
+    child.stdin.write("\n")
+    child.stdin.flush()
+    assert child.wait(10) == 0
+
+
+def test_a_process_waiting_for_the_lock_is_seen_and_goes_first(outbox_path: Path) -> None:
+    lock = WriteLock(str(outbox_path))
+    assert lock.try_acquire()
+    fd = lock._fd
+    assert fd is not None
+    assert not writer_waiting(fd)
+    waiter = _child(_WAITER, outbox_path)
+    try:
+        assert waiter.stdout is not None and waiter.stdout.readline().strip() == "waiting"
+        wait_until_sync(lambda: writer_waiting(fd), 10, "the waiting writer was not seen")
+        lock.release()
+        assert waiter.stdout.readline().strip() == "got it"
+        assert not writer_waiting(fd), "a writer holding the lock still looks waiting"
+        assert not lock.try_acquire(), "taken while the writer held it"
+    finally:
+        _finish(waiter)
+    assert lock.try_acquire()
+    lock.release()
+    lock.close()
+
+
+def test_try_acquire_lets_an_announced_writer_go_first_even_with_the_lock_free(
+    outbox_path: Path,
+) -> None:
+    # The moment between a release and the woken writer's flock: the lock is free, the
+    # writer still says it waits, and a loop that took the lock again would keep it out.
+    lock = WriteLock(str(outbox_path))
+    announcer = _child(_ANNOUNCER, outbox_path)
+    try:
+        assert announcer.stdout is not None
+        assert announcer.stdout.readline().strip() == "announced"
+        assert not _is_held(outbox_path)
+        assert not lock.try_acquire()
+    finally:
+        _finish(announcer)
+    assert lock.try_acquire()
+    lock.release()
+    lock.close()
+
+
+def wait_until_sync(condition: Callable[[], bool], seconds: float, message: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.005)
+
+
+# -- write_inline -----------------------------------------------------------------------
+
+
+def _thread_name(_conn: sa.Connection) -> str:
+    return threading.current_thread().name
+
+
+async def test_write_inline_runs_on_the_callers_thread_holding_the_lock(
+    outbox_path: Path,
+) -> None:
+    engine = create_outbox_engine(sqlite_url(outbox_path))
+    db = Transactions(engine)
+    try:
+        held = await db.write_inline(lambda conn: _is_held(outbox_path))
+        assert held, "the inline transaction ran without the lock file"
+        assert not _is_held(outbox_path)
+        assert await db.write_inline(_thread_name) == threading.current_thread().name
+        with pytest.raises(sa.exc.OperationalError):
+            await db.write_inline(lambda conn: conn.exec_driver_sql("SELECT * FROM nope"))
+        assert not _is_held(outbox_path), "a failed inline transaction kept the lock"
+    finally:
+        await db.close()
+        await engine.dispose()
+
+
+async def test_write_inline_queues_in_the_thread_behind_another_process(
+    outbox_path: Path,
+) -> None:
+    engine = create_outbox_engine(sqlite_url(outbox_path))
+    db = Transactions(engine)
+    try:
+        with _held_by_another_process(outbox_path):
+            writing = asyncio.create_task(db.write_inline(_thread_name))
+            done, _ = await asyncio.wait({writing}, timeout=0.5)
+            assert not done, "wrote while another process held the lock"
+        assert (await asyncio.wait_for(writing, 10)).startswith("outbox-db")
+    finally:
+        await db.close()
+        await engine.dispose()
+
+
+async def test_write_inline_waits_for_a_writer_without_the_lock_file(
+    outbox_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A service's own transaction on its own engine holds SQLite's lock and no lock file:
+    # the inline BEGIN IMMEDIATE cannot wait (that would stop the loop), so the write
+    # goes to the thread, which waits in SQLite's busy handler.
+    engine = create_outbox_engine(sqlite_url(outbox_path))
+    db = Transactions(engine)
+    queued = asyncio.Event()
+    write = db.write
+
+    async def spy(body: Callable[..., str], *args: object) -> str:
+        queued.set()
+        return await write(body, *args)
+
+    monkeypatch.setattr(db, "write", spy)
+    service = sqlite3.connect(outbox_path, isolation_level=None)
+    try:
+        service.execute("BEGIN IMMEDIATE")
+        writing = asyncio.create_task(db.write_inline(_thread_name))
+        await asyncio.wait_for(queued.wait(), 10)
+        assert not writing.done()
+        service.execute("COMMIT")
+        assert (await asyncio.wait_for(writing, 10)).startswith("outbox-db")
+    finally:
+        service.close()
+        await db.close()
+        await engine.dispose()
