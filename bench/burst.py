@@ -31,6 +31,7 @@ from pathlib import Path
 
 from outbox import Outbox
 from outbox.sqlite import sqlite_url
+from shipper.collector import tune_collector
 from shipper.config import ShipperConfig
 from shipper.worker import Shipper
 from usage_demo.natsserver import NatsServer
@@ -74,6 +75,7 @@ async def _burst(path: Path, server: NatsServer, vacuum_pages: int | None) -> tu
     if vacuum_pages is not None:
         settings["vacuum_pages"] = vacuum_pages
     shipper = Shipper(ShipperConfig(**settings).validate())  # type: ignore[arg-type]
+    tune_collector()  # as the daemon does (usage-shipper run)
     started = time.perf_counter()
     stats = await shipper.run()
     return time.perf_counter() - started, stats.vacuumed_pages

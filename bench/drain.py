@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
-import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from bench import cpu
 from bench.stream import purge, stream_state
 from bench.workload import fill_outbox, pending_rows
 from outbox.sqlite import sqlite_url
+from shipper.collector import tune_collector
 from shipper.config import ShipperConfig
 from shipper.worker import Shipper
 from usage_demo.natsserver import NatsServer
@@ -80,7 +80,7 @@ async def bench_shipper(
     logging.getLogger("shipper").setLevel(logging.ERROR)
     shipper = Shipper(config)
     profiler = cProfile.Profile() if profile else None
-    gc.collect()
+    tune_collector()  # as the daemon does (usage-shipper run)
     wall, start = time.time(), perf()
     if profiler is not None:
         profiler.enable()

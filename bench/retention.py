@@ -39,6 +39,7 @@ from outbox import Outbox, store
 from outbox.contract import build_usage_event
 from outbox.sqlite import sqlite_url
 from outbox.writelock import WriteLock
+from shipper.collector import tune_collector
 from shipper.config import ShipperConfig
 from shipper.worker import Shipper
 from usage_demo.natsserver import NatsServer
@@ -145,6 +146,7 @@ async def main_async(
                 database_url=sqlite_url(path), nats_servers=(server.url,), vacuum_pages=vacuum_pages
             ).validate()
             shipper = Shipper(config)
+            tune_collector()  # as the daemon does (usage-shipper run)
             task = asyncio.create_task(shipper.run())
             while _pending(path) > 50:  # noqa: ASYNC110 - polls another process
                 await asyncio.sleep(0.05)

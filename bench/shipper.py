@@ -101,12 +101,16 @@ from bench.shipper_table import Ceilings, table
 from bench.speed import SpeedLog
 from bench.stream import DEFAULTS, create_stream, purge, set_batched
 from bench.workload import build_messages
+from shipper.collector import tune_collector
 from shipper.fastingest import DEFAULT_FLOW
 from usage_demo.natsserver import NatsServer
 
 
 async def run(args: argparse.Namespace) -> list[Row]:
     window: int = args.window
+    # The drains tune the collector as the daemon does; tuned from the start, every
+    # ceiling run meets the same collector as the drains it is compared with.
+    tune_collector()
     with tempfile.TemporaryDirectory(prefix="usage-shipper-bench-") as tmp:
         directory = Path(tmp)
         server = NatsServer(directory / "nats").start()

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from outbox.errors import ConfigError, OutboxError
 from shipper import commands as operator_commands
+from shipper.collector import tune_collector
 from shipper.config import ShipperConfig
 from shipper.options import DATABASE, DEFAULTS, OPTIONS, PEEK_OPTIONS, build_config, outbox_target
 from shipper.peek import peek
@@ -91,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run(config: ShipperConfig) -> int:
     shipper = Shipper(config)
+    tune_collector()  # a daemon's settings: see shipper/collector.py
     expired = asyncio.Event()
 
     def give_up() -> None:
