@@ -132,7 +132,7 @@ class Transactions:
             self._executor.submit(_checkpoint_into, self.write_engine, self._checkpoints)
         return result
 
-    async def write_inline(self, body: Body[T], /, *args: Any) -> T:
+    async def write_inline(self, body: Body[T], /, *args: Any, **kwargs: Any) -> T:
         """:meth:`write` for short bodies on an SQLite file, run right here on the event
         loop's thread when the lock file and SQLite's write lock are both free at once
         and no other process waits for them (see the module docstring); when one does,
@@ -140,11 +140,11 @@ class Transactions:
         :data:`INLINE_TRIES` looks queues as :meth:`write` does."""
         engine, lock = self._inline_engine, self._inline_lock
         if engine is None or lock is None:
-            return await self.write(body, *args)
+            return await self.write(body, *args, **kwargs)
         for tries_left in range(INLINE_TRIES - 1, -1, -1):
             if lock.try_acquire():
                 try:
-                    written = _write_now(engine, body, args)
+                    written = _write_now(engine, body, args, kwargs)
                 finally:
                     lock.release()
                 if written is not None:
@@ -152,7 +152,7 @@ class Transactions:
                     return written[0]
             if tries_left:
                 await asyncio.sleep(INLINE_RETRY_DELAY)
-        return await self.write(body, *args)
+        return await self.write(body, *args, **kwargs)
 
     def _checkpoint_if_due(self) -> None:
         if self._checkpoints is not None and self._checkpoints.due():
@@ -252,7 +252,9 @@ def _write(
     return result, checkpoints is not None and checkpoints.due()
 
 
-def _write_now(engine: sa.Engine, body: Body[T], args: tuple[Any, ...]) -> tuple[T] | None:
+def _write_now(
+    engine: sa.Engine, body: Body[T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[T] | None:
     """``(result,)`` of the body in a transaction begun without waiting, or None when
     SQLite's write lock was taken (by a writer that takes no lock file: a service's own
     transaction)."""
@@ -262,7 +264,7 @@ def _write_now(engine: sa.Engine, body: Body[T], args: tuple[Any, ...]) -> tuple
         except sa.exc.OperationalError:
             return None
         with transaction:
-            return (body(conn, *args),)
+            return (body(conn, *args, **kwargs),)
 
 
 def _checkpoint_into(engine: sa.Engine, checkpoints: _Checkpoints) -> None:

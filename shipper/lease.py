@@ -71,13 +71,15 @@ async def write_through(
     *args: Any,
     **kwargs: Any,
 ) -> T:
-    """``body(connection, ...)`` in one write transaction: through ``db``, run whole in one
-    thread behind the outbox's write lock file, as every other shipper write, so a writer
-    waits for it in the kernel for its few statements (measured: the lease taken statement
-    by statement on the async engine held the lock file 12-14 ms as a shipper started);
-    else (no store opened yet) on the engine."""
+    """``body(connection, ...)`` in one write transaction: through ``db``, behind the
+    outbox's write lock file and on the event loop's thread when no writer waits
+    (:meth:`Transactions.write_inline`), as every other shipper write, so a writer waits
+    for it in the kernel for its few statements (measured: the lease taken statement by
+    statement on the async engine held the lock file 12-14 ms as a shipper started; in
+    the worker thread, beside a busy loop, up to 10 ms); else (no store opened yet) on
+    the engine."""
     if db is not None:
-        return await db.write(body, *args, **kwargs)
+        return await db.write_inline(body, *args, **kwargs)
     async with engine.begin() as conn:
         return await conn.run_sync(body, *args, **kwargs)
 

@@ -18,7 +18,7 @@ The record and settle transactions run on the event loop's thread when no writer
 (:meth:`outbox.transactions.Transactions.write_inline`): in a worker thread every return
 from SQLite waited for the interpreter lock while the loop claimed or published, holding
 the write lock all that while, and the loop waited for each answer. Inline, the lock is
-held for SQLite's own work and the drain ran about twice as fast (bench.shipper).
+held for SQLite's own work: settling a 1,000-row batch took 3.3-3.9 ms instead of 9.9.
 
 While a full batch is in flight the next one is claimed, recorded and (when both fit in
 ``max_in_flight``) published too, so the loop costs the slower of the database work and
