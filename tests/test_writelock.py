@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -294,65 +294,61 @@ def _thread_name(_conn: sa.Connection) -> str:
     return threading.current_thread().name
 
 
-async def test_write_inline_runs_on_the_callers_thread_holding_the_lock(
-    outbox_path: Path,
-) -> None:
+@pytest.fixture
+async def outbox_db(outbox_path: Path) -> AsyncIterator[Transactions]:
+    """The shipper's kind of :class:`Transactions` on the outbox file, closed after."""
     engine = create_outbox_engine(sqlite_url(outbox_path))
     db = Transactions(engine)
     try:
-        held = await db.write_inline(lambda conn: _is_held(outbox_path))
-        assert held, "the inline transaction ran without the lock file"
-        assert not _is_held(outbox_path)
-        assert await db.write_inline(_thread_name) == threading.current_thread().name
-        with pytest.raises(sa.exc.OperationalError):
-            await db.write_inline(lambda conn: conn.exec_driver_sql("SELECT * FROM nope"))
-        assert not _is_held(outbox_path), "a failed inline transaction kept the lock"
+        yield db
     finally:
         await db.close()
         await engine.dispose()
+
+
+async def test_write_inline_runs_on_the_callers_thread_holding_the_lock(
+    outbox_path: Path, outbox_db: Transactions
+) -> None:
+    held = await outbox_db.write_inline(lambda conn: _is_held(outbox_path))
+    assert held, "the inline transaction ran without the lock file"
+    assert not _is_held(outbox_path)
+    assert await outbox_db.write_inline(_thread_name) == threading.current_thread().name
+    with pytest.raises(sa.exc.OperationalError):
+        await outbox_db.write_inline(lambda conn: conn.exec_driver_sql("SELECT * FROM nope"))
+    assert not _is_held(outbox_path), "a failed inline transaction kept the lock"
 
 
 async def test_write_inline_queues_in_the_thread_behind_another_process(
-    outbox_path: Path,
+    outbox_path: Path, outbox_db: Transactions
 ) -> None:
-    engine = create_outbox_engine(sqlite_url(outbox_path))
-    db = Transactions(engine)
-    try:
-        with _held_by_another_process(outbox_path):
-            writing = asyncio.create_task(db.write_inline(_thread_name))
-            done, _ = await asyncio.wait({writing}, timeout=0.5)
-            assert not done, "wrote while another process held the lock"
-        assert (await asyncio.wait_for(writing, 10)).startswith("outbox-db")
-    finally:
-        await db.close()
-        await engine.dispose()
+    with _held_by_another_process(outbox_path):
+        writing = asyncio.create_task(outbox_db.write_inline(_thread_name))
+        done, _ = await asyncio.wait({writing}, timeout=0.5)
+        assert not done, "wrote while another process held the lock"
+    assert (await asyncio.wait_for(writing, 10)).startswith("outbox-db")
 
 
 async def test_write_inline_waits_for_a_writer_without_the_lock_file(
-    outbox_path: Path, monkeypatch: pytest.MonkeyPatch
+    outbox_path: Path, outbox_db: Transactions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A service's own transaction on its own engine holds SQLite's lock and no lock file:
     # the inline BEGIN IMMEDIATE cannot wait (that would stop the loop), so the write
     # goes to the thread, which waits in SQLite's busy handler.
-    engine = create_outbox_engine(sqlite_url(outbox_path))
-    db = Transactions(engine)
     queued = asyncio.Event()
-    write = db.write
+    write = outbox_db.write
 
     async def spy(body: Callable[..., str], *args: object) -> str:
         queued.set()
         return await write(body, *args)
 
-    monkeypatch.setattr(db, "write", spy)
+    monkeypatch.setattr(outbox_db, "write", spy)
     service = sqlite3.connect(outbox_path, isolation_level=None)
     try:
         service.execute("BEGIN IMMEDIATE")
-        writing = asyncio.create_task(db.write_inline(_thread_name))
+        writing = asyncio.create_task(outbox_db.write_inline(_thread_name))
         await asyncio.wait_for(queued.wait(), 10)
         assert not writing.done()
         service.execute("COMMIT")
         assert (await asyncio.wait_for(writing, 10)).startswith("outbox-db")
     finally:
         service.close()
-        await db.close()
-        await engine.dispose()
