@@ -58,7 +58,12 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.sqlite import configure_sqlite, create_outbox_sync_engine, sqlite_file
+from outbox.sqlite import (
+    configure_sqlite,
+    create_outbox_sync_engine,
+    create_private_on_connect,
+    sqlite_file,
+)
 from outbox.writelock import WriteLock
 
 T = TypeVar("T")
@@ -94,11 +99,14 @@ class Transactions:
             if checkpoint_interval is not None:
                 event.listen(self.write_engine, "connect", _no_autocheckpoint)
             self._inline_lock = WriteLock(database)
+            # Its BEGIN IMMEDIATE must not wait: it runs on the event loop's thread.
             self._inline_engine = sa.create_engine(url, pool_size=1, max_overflow=0)
+            create_private_on_connect(self._inline_engine)
             configure_sqlite(self._inline_engine, busy_timeout_ms=0)
             if checkpoint_interval is not None:
                 event.listen(self._inline_engine, "connect", _no_autocheckpoint)
             self._read_engine = sa.create_engine(url, pool_size=1, max_overflow=0)
+            create_private_on_connect(self._read_engine)
             configure_sqlite(self._read_engine, begin_immediate=False)
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db")
 

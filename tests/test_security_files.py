@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from billing.database import BillingDatabase
 from outbox import Outbox
 from outbox.sqlite import create_outbox_engine, create_outbox_sync_engine, sqlite_url
+from outbox.transactions import Transactions
 from tests.fixtures.shipper import (
     REPO,
     ShipperRunner,
@@ -91,6 +92,23 @@ async def test_the_engine_factories_create_owner_only_files(tmp_path: Path) -> N
             assert modes(sync_path) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600}
     finally:
         sync_engine.dispose()
+
+
+@pytest.mark.parametrize("first", ["write_inline", "read_inline"])
+async def test_the_shippers_own_engines_create_owner_only_files(tmp_path: Path, first: str) -> None:
+    # Its inline writes (busy timeout 0) and its reads have engines of their own: the
+    # first to connect to a missing file creates it, owner-only like the others.
+    path = tmp_path / "outbox.db"
+    engine = create_outbox_engine(sqlite_url(path))
+    db = Transactions(engine)
+    try:
+        await getattr(db, first)(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+        assert mode(path) == 0o600
+        await db.write_inline(lambda conn: conn.exec_driver_sql("CREATE TABLE t (x)"))
+        assert modes(path) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600}
+    finally:
+        await db.close()
+        await engine.dispose()
 
 
 async def test_the_billing_database_is_owner_only(tmp_path: Path) -> None:
