@@ -164,9 +164,18 @@ def create_outbox_engine(url: str, **engine_kwargs: Any) -> AsyncEngine:
     return engine
 
 
-def create_outbox_sync_engine(url: str | sa.URL, **engine_kwargs: Any) -> sa.Engine:
+def create_outbox_sync_engine(
+    url: str | sa.URL,
+    *,
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    begin_immediate: bool = True,
+    **engine_kwargs: Any,
+) -> sa.Engine:
+    """A sync engine for an outbox database; on SQLite with :func:`configure_sqlite`'s
+    settings (``busy_timeout_ms`` and ``begin_immediate`` passed on) and a new file
+    created owner-only."""
     engine = sa.create_engine(url, **engine_kwargs)
     if is_sqlite(url):
         create_private_on_connect(engine)
-        configure_sqlite(engine)
+        configure_sqlite(engine, busy_timeout_ms=busy_timeout_ms, begin_immediate=begin_immediate)
     return engine

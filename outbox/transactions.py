@@ -58,12 +58,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.sqlite import (
-    configure_sqlite,
-    create_outbox_sync_engine,
-    create_private_on_connect,
-    sqlite_file,
-)
+from outbox.sqlite import create_outbox_sync_engine, sqlite_file
 from outbox.writelock import WriteLock
 
 T = TypeVar("T")
@@ -96,18 +91,17 @@ class Transactions:
                 self._checkpoints = _Checkpoints(checkpoint_interval)
             url = engine.url.set(drivername="sqlite")
             self.write_engine = create_outbox_sync_engine(url)
-            if checkpoint_interval is not None:
-                event.listen(self.write_engine, "connect", _no_autocheckpoint)
             self._inline_lock = WriteLock(database)
             # Its BEGIN IMMEDIATE must not wait: it runs on the event loop's thread.
-            self._inline_engine = sa.create_engine(url, pool_size=1, max_overflow=0)
-            create_private_on_connect(self._inline_engine)
-            configure_sqlite(self._inline_engine, busy_timeout_ms=0)
+            self._inline_engine = create_outbox_sync_engine(
+                url, busy_timeout_ms=0, pool_size=1, max_overflow=0
+            )
             if checkpoint_interval is not None:
-                event.listen(self._inline_engine, "connect", _no_autocheckpoint)
-            self._read_engine = sa.create_engine(url, pool_size=1, max_overflow=0)
-            create_private_on_connect(self._read_engine)
-            configure_sqlite(self._read_engine, begin_immediate=False)
+                for writing in (self.write_engine, self._inline_engine):
+                    event.listen(writing, "connect", _no_autocheckpoint)
+            self._read_engine = create_outbox_sync_engine(
+                url, begin_immediate=False, pool_size=1, max_overflow=0
+            )
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db")
 
     @contextlib.asynccontextmanager
@@ -132,12 +126,8 @@ class Transactions:
             _write, self.write_engine, self._lock, self._checkpoints, body, args, kwargs
         )
         result, checkpoint_due = written
-        if checkpoint_due and self._executor is not None and self._checkpoints is not None:
-            # Next on the same thread (so no write of ours races it), as a job of its own:
-            # the caller has its result now, not after the checkpoint's fsyncs (about 20
-            # ms each while a backlog drained, measured: a tenth of the drain's time).
-            # Not once close() has begun: the last connection's close checkpoints.
-            self._executor.submit(_checkpoint_into, self.write_engine, self._checkpoints)
+        if checkpoint_due:
+            self._queue_checkpoint()
         return result
 
     async def write_inline(self, body: Body[T], /, *args: Any, **kwargs: Any) -> T:
@@ -156,16 +146,21 @@ class Transactions:
                 finally:
                     lock.release()
                 if written is not None:
-                    self._checkpoint_if_due()
+                    if self._checkpoints is not None and self._checkpoints.due():
+                        self._queue_checkpoint()
                     return written[0]
             if tries_left:
                 await asyncio.sleep(INLINE_RETRY_DELAY)
         return await self.write(body, *args, **kwargs)
 
-    def _checkpoint_if_due(self) -> None:
-        if self._checkpoints is not None and self._checkpoints.due():
-            assert self._executor is not None and self.write_engine is not None
-            self._executor.submit(_checkpoint_into, self.write_engine, self._checkpoints)
+    def _queue_checkpoint(self) -> None:
+        """A checkpoint on the worker thread, as a job of its own: the caller has its
+        result now, not after the checkpoint's fsyncs (about 20 ms each while a backlog
+        drained, measured: a tenth of the drain's time). Not once close() has begun: the
+        last connection's close checkpoints."""
+        checkpoints, executor = self._checkpoints, self._executor
+        if executor is not None and self.write_engine is not None and checkpoints is not None:
+            executor.submit(_checkpoint_into, self.write_engine, checkpoints)
 
     async def read(self, body: Body[T], /, *args: Any, **kwargs: Any) -> T:
         """``body(connection, *args, **kwargs)`` on a connection that takes no write lock."""

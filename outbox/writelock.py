@@ -110,13 +110,7 @@ class WriteLock:
         fd = self._open()
         if fd is None:
             return True
-        if writer_waiting(fd):
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
+        return not writer_waiting(fd) and _take_if_free(fd)
 
     def release(self) -> None:
         """Give back a lock :meth:`try_acquire` took."""
@@ -160,13 +154,18 @@ class WriteLock:
 WAITING_BYTE = 0
 
 
-def _take(fd: int) -> None:
-    """Take the lock, waiting in the kernel if it is held; while waiting, say so."""
+def _take_if_free(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return  # free: nothing to announce (the usual case)
     except BlockingIOError:
-        pass
+        return False
+    return True
+
+
+def _take(fd: int) -> None:
+    """Take the lock, waiting in the kernel if it is held; while waiting, say so."""
+    if _take_if_free(fd):
+        return  # nothing to announce (the usual case)
     announced = _announce(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
