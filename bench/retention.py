@@ -68,7 +68,7 @@ def _writer(path: str, stop: Any, out: Any, locked: bool) -> None:
     i = 0
     next_at = time.monotonic()
     while not stop.is_set():
-        (row,) = store.event_rows([build_usage_event(**usage_args(i))])  # type: ignore[arg-type]
+        (row,) = store.event_rows([build_usage_event(**usage_args(i))])
         started = time.monotonic()
         with lock.held() if lock is not None else contextlib.nullcontext():
             locked_at = time.monotonic()
@@ -194,9 +194,9 @@ async def main_async(
         "during cleanup/vacuum": phase(shrink_from, shrink_to),
     }
     for name, rows in phases.items():
-        p50, p99, top, count = _stats(rows)
+        p50_text, p99_text, max_text, count = _stats(rows)
         slow = sum(1 for latency in rows if latency > 0.010)
-        print(f"{name:26} {count:>8} {p50:>8} {p99:>8} {top:>8} {slow:>7}")
+        print(f"{name:26} {count:>8} {p50_text:>8} {p99_text:>8} {max_text:>8} {slow:>7}")
     slowest = sorted(
         (
             (lat, at, part)

@@ -11,6 +11,7 @@ Each method is one short transaction over the queries of :mod:`billing.price_boo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
@@ -88,7 +89,7 @@ class BillingDatabase:
             await set_price(conn, product_id, unit_type, price)
         return price
 
-    async def set_prices(self, table: dict[tuple[str, str], str | Decimal]) -> None:
+    async def set_prices(self, table: Mapping[tuple[str, str], str | Decimal]) -> None:
         """Set several prices: ``{(product_id, unit_type): price}``."""
         for (product_id, unit_type), price in table.items():
             await self.set_price(product_id, unit_type, price)

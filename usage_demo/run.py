@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import tempfile
@@ -231,6 +232,9 @@ class Demo:
         finally:
             await engine.dispose()
 
+    def reached(self, written: int) -> bool:
+        return len(self.written) >= written or self.writing_done
+
     async def inject_faults(self, writer: asyncio.Task[None]) -> None:
         total = self.args.events
         plan = [(total // 2, "nats")]
@@ -238,9 +242,7 @@ class Demo:
             plan += [(total // 4, "shipper"), (3 * total // 4, "shipper")]
         for at, what in sorted(plan):
             async with self.progress:
-                await self.progress.wait_for(
-                    lambda at=at: len(self.written) >= at or self.writing_done
-                )
+                await self.progress.wait_for(functools.partial(self.reached, at))
             if what == "nats":
                 self.nats.kill()
                 if self.args.chaos:
@@ -282,7 +284,7 @@ class Demo:
                 rows = await conn.execute(
                     sa.select(outbox_table.c.state, sa.func.count()).group_by(outbox_table.c.state)
                 )
-                counts = dict(rows.tuples().all())
+                counts: dict[str, int] = dict(rows.tuples().all())
         finally:
             await engine.dispose()
         return counts.get("pending", 0), counts.get("dead", 0)
@@ -357,6 +359,7 @@ class Demo:
                 message = await js.get_msg(DEFAULT_STREAM, seq)
                 headers = dict(message.headers or {})
                 headers["Nats-Msg-Id"] = f"{REPLAY_PREFIX}{headers.get('Nats-Msg-Id')}"
+                assert message.subject is not None and message.data is not None
                 ack = await js.publish(message.subject, message.data, headers=headers)
                 if not ack.duplicate:
                     self.replayed += 1
