@@ -82,6 +82,68 @@ def test_the_lock_file_gets_the_database_files_mode(outbox_path: Path) -> None:
     assert stat.S_IMODE(os.stat(lock_path(str(outbox_path))).st_mode) == 0o640
 
 
+def test_threads_sharing_one_instance_take_it_one_at_a_time(outbox_path: Path) -> None:
+    # A second LOCK_EX on an open file already locked returns at once: without the
+    # instance's own queue both threads would be inside together.
+    lock = WriteLock(str(outbox_path))
+    inside = threading.Event()
+    entered = threading.Event()
+    leave = threading.Event()
+
+    def first() -> None:
+        with lock.held():
+            inside.set()
+            leave.wait(10)
+
+    def second() -> None:
+        with lock.held():
+            entered.set()
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    assert inside.wait(10)
+    other = threading.Thread(target=second)
+    other.start()
+    try:
+        assert not entered.wait(0.3), "a second thread entered while the first held the lock"
+        assert not lock.try_acquire(), "try_acquire took a lock this instance's user holds"
+    finally:
+        leave.set()
+        holder.join(10)
+    assert entered.wait(10)
+    other.join(10)
+    assert not _is_held(outbox_path)
+    lock.close()
+
+
+async def test_tasks_sharing_one_instance_take_it_one_at_a_time(outbox_path: Path) -> None:
+    lock = WriteLock(str(outbox_path))
+    inside: list[int] = []
+    most_inside = 0
+    release_first = asyncio.Event()
+
+    async def hold(n: int) -> None:
+        nonlocal most_inside
+        async with lock.held_async():
+            inside.append(n)
+            most_inside = max(most_inside, len(inside))
+            assert _is_held(outbox_path)
+            if n == 0:
+                await release_first.wait()
+            inside.remove(n)
+
+    first = asyncio.create_task(hold(0))
+    await wait_until(lambda: inside == [0], 10, message="the first task never got the lock")
+    others = [asyncio.create_task(hold(n)) for n in range(1, 5)]
+    done, _ = await asyncio.wait(others, timeout=0.3)
+    assert not done, "a task entered while another task of the same instance held the lock"
+    release_first.set()
+    await asyncio.wait_for(asyncio.gather(first, *others), 10)
+    assert most_inside == 1
+    assert not _is_held(outbox_path)
+    lock.close()
+
+
 async def test_a_transaction_holds_the_lock_only_while_it_runs(outbox_path: Path) -> None:
     engine = create_outbox_engine(sqlite_url(outbox_path))
     db = Transactions(engine)
