@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -23,6 +22,7 @@ from billing.engines import DEFAULT_DATABASE_URL
 from billing.errors import BillingConfigError
 from billing.options import ENV, SETTINGS
 from outbox.stream_spec import DEFAULT_STREAM, DEFAULT_STREAM_MAX_AGE, USAGE_SUBJECTS
+from usage_runtime.connection_checks import NATS_FILE_SETTINGS, nats_settings_problem
 from usage_runtime.options import BadValue, parse_value
 from usage_runtime.redact import redact_url
 
@@ -31,6 +31,9 @@ DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
 FILTER_SUBJECT: Final = USAGE_SUBJECTS
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+#: Settings naming files the process must be able to read before it connects.
+_READABLE_FILES = NATS_FILE_SETTINGS
 
 
 #: More batches at once than this only queue on the database's locks.
@@ -149,30 +152,10 @@ class BillingConfig:
                 )
         if not self.nats_servers:
             raise BillingConfigError("nats url: none given")
-        for server in self.nats_servers:
-            parts = urlsplit(server)
-            shown = redact_url(server)  # a URL may carry credentials: never echo them
-            if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
-                raise BillingConfigError(f"nats url {shown!r}: expected nats://host:port")
-            try:
-                parts.port  # noqa: B018 - raises ValueError for a bad port
-            except ValueError as exc:
-                # not {exc}: it quotes the "port", a piece of the password if that has a "/"
-                raise BillingConfigError(f"nats url {shown!r}: bad port") from exc
-        for name in (
-            "nats_nkey_seed_file",
-            "nats_creds_file",
-            "tls_ca_file",
-            "tls_cert_file",
-            "tls_key_file",
-        ):
-            path = getattr(self, name)
-            if path is not None and not os.access(path, os.R_OK):
-                raise BillingConfigError(f"{name.replace('_', ' ')}: {path} is not a readable file")
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise BillingConfigError(
-                "tls: a client certificate needs both --tls-cert and --tls-key"
-            )
+        files = ((name, getattr(self, name)) for name in _READABLE_FILES)
+        cert, key = self.tls_cert_file, self.tls_key_file
+        if problem := nats_settings_problem(self.nats_servers, files, cert, key):
+            raise BillingConfigError(problem)
         if self.nats_password and not self.nats_user:
             raise BillingConfigError("nats password given without a nats user")
         for name in ("stream", "durable"):

@@ -10,7 +10,6 @@ import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -19,12 +18,16 @@ from outbox.drivers import missing_driver
 from outbox.errors import ConfigError
 from outbox.service import DEFAULT_PATH, resolve_url
 from outbox.stream_spec import DEFAULT_STREAM, DEFAULT_STREAM_MAX_AGE
+from usage_runtime.connection_checks import NATS_FILE_SETTINGS, nats_settings_problem
 from usage_runtime.redact import redact_url
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 #: Free pages given back per transaction by a run until SIGTERM (``vacuum_pages`` unset):
 #: about 0.5 ms of the write lock each (docs/retention.md).
 DEFAULT_VACUUM_PAGES = 64
+
+#: Settings naming files the process must be able to read before it connects.
+_READABLE_FILES = (*NATS_FILE_SETTINGS, "consul_ca_file")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,30 +116,10 @@ class ShipperConfig:
                 raise ConfigError(f"database url: {url.database} is not readable and writable")
         if not self.nats_servers:
             raise ConfigError("nats servers: none given")
-        for server in self.nats_servers:
-            parts = urlsplit(server)
-            shown = redact_url(server)  # a URL may carry a password: never echo it
-            if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
-                raise ConfigError(f"nats url {shown!r}: expected nats://host:port")
-            try:
-                parts.port  # noqa: B018 - raises ValueError for a bad port
-            except ValueError as exc:
-                # not {exc}: it quotes the "port", which is a piece of the password when
-                # that holds a "/" (urlsplit then cuts the netloc short)
-                raise ConfigError(f"nats url {shown!r}: bad port") from exc
-        for name in (
-            "nats_nkey_seed_file",
-            "nats_creds_file",
-            "tls_ca_file",
-            "tls_cert_file",
-            "tls_key_file",
-            "consul_ca_file",
-        ):
-            path = getattr(self, name)
-            if path is not None and not os.access(path, os.R_OK):
-                raise ConfigError(f"{name.replace('_', ' ')}: {path} is not a readable file")
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ConfigError("tls: a client certificate needs both --tls-cert and --tls-key")
+        files = ((name, getattr(self, name)) for name in _READABLE_FILES)
+        cert, key = self.tls_cert_file, self.tls_key_file
+        if problem := nats_settings_problem(self.nats_servers, files, cert, key):
+            raise ConfigError(problem)
         if self.nats_password and not self.nats_user:
             raise ConfigError("nats password given without a nats user")
         positive = (
