@@ -16,7 +16,10 @@ through the async engine's ``run_sync``: same code, same transaction semantics.
 
 On an SQLite file each write transaction also holds the outbox's write lock file
 (:mod:`outbox.writelock`), taken before ``BEGIN IMMEDIATE``: writers and the shipper
-queue for the file in the kernel instead of polling in SQLite's busy handler. With
+queue for the file in the kernel instead of polling in SQLite's busy handler; one that
+then finds SQLite's lock held by a writer without the lock file (a service's own
+transaction) looks again every 0.2-2 ms (:func:`_begin`) rather than sleeping in the busy
+handler with the lock file held. With
 ``checkpoint_interval`` the write connection's automatic WAL checkpoint (which runs
 inside the commit that fills the WAL past 1,000 pages, so with that lock still held) is
 off, and a ``PASSIVE`` checkpoint runs after a write transaction once that many seconds
@@ -50,7 +53,7 @@ import contextlib
 import functools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -58,7 +61,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.sqlite import create_outbox_sync_engine, sqlite_file
+from outbox.sqlite import DEFAULT_BUSY_TIMEOUT_MS, create_outbox_sync_engine, sqlite_file
 from outbox.writelock import WriteLock
 
 T = TypeVar("T")
@@ -91,6 +94,10 @@ class Transactions:
                 self._checkpoints = _Checkpoints(checkpoint_interval)
             url = engine.url.set(drivername="sqlite")
             self.write_engine = create_outbox_sync_engine(url)
+            # Once a connection is set up (its pragmas wait as usual: a new file's switch
+            # to WAL may meet another process doing the same), its BEGIN IMMEDIATE looks
+            # again every 0.2-2 ms (_begin) instead of sleeping in SQLite's busy handler.
+            event.listen(self.write_engine, "connect", _no_busy_wait)
             self._inline_lock = WriteLock(database)
             # Its BEGIN IMMEDIATE must not wait: it runs on the event loop's thread.
             self._inline_engine = create_outbox_sync_engine(
@@ -250,9 +257,50 @@ def _write(
     kwargs: Any,
 ) -> tuple[T, bool]:
     """The body's result, and whether a checkpoint is due (the caller queues it)."""
-    with lock.held() if lock is not None else contextlib.nullcontext(), engine.begin() as conn:
+    with lock.held() if lock is not None else contextlib.nullcontext(), _begin(engine) as conn:
         result = body(conn, *args, **kwargs)
     return result, checkpoints is not None and checkpoints.due()
+
+
+#: How a write transaction waits for SQLite's lock held by a writer that takes no lock
+#: file (a service's own transaction): it looks again after 0.2 ms, doubling to 2 ms,
+#: for at most as long as the engines' busy_timeout. SQLite's busy handler sleeps 1, 2,
+#: 5, 10, 15, 20, 25 ... 100 ms between looks, and a writer holding the lock file while
+#: it slept held every other Outbox writer and the shipper up behind it (NATS-outage
+#: scenario, Outbox writers beside session writers: p50 9-20 ms, against 4-5 ms for the
+#: session writers themselves).
+POLL_FIRST, POLL_MOST = 0.0002, 0.002
+WAIT_MOST = DEFAULT_BUSY_TIMEOUT_MS / 1000
+
+
+@contextlib.contextmanager
+def _begin(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """``engine.begin()`` for an engine with busy_timeout 0, retried while SQLite's lock
+    is taken (``SQLITE_BUSY``) until :data:`WAIT_MOST` has passed."""
+    deadline = time.monotonic() + WAIT_MOST
+    delay = POLL_FIRST
+    while True:
+        conn = engine.connect()
+        try:
+            transaction = conn.begin()  # BEGIN IMMEDIATE
+        except sa.exc.OperationalError as exc:
+            conn.close()
+            if not _busy(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, POLL_MOST)
+            continue
+        with conn, transaction:
+            yield conn
+        return
+
+
+def _no_busy_wait(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA busy_timeout = 0")
+
+
+def _busy(exc: sa.exc.OperationalError) -> bool:
+    return getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
 
 
 def _write_now(

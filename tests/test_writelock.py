@@ -414,3 +414,45 @@ async def test_write_inline_waits_for_a_writer_without_the_lock_file(
         assert (await asyncio.wait_for(writing, 10)).startswith("outbox-db")
     finally:
         service.close()
+
+
+async def test_a_write_looks_again_soon_for_the_lock_a_service_transaction_held(
+    outbox_path: Path, outbox_db: Transactions
+) -> None:
+    # The worker thread's BEGIN IMMEDIATE does not sleep in SQLite's busy handler (after
+    # a quarter second of waiting it looks every 100 ms): once the service's transaction
+    # ends, it has the lock within a few polls of at most 2 ms. Five rounds, the median
+    # gap judged (the busy handler's would be ~50 ms), so one stall of the machine passes.
+    await outbox_db.write(_thread_name)  # the write engine's connection is open
+    service = sqlite3.connect(outbox_path, isolation_level=None)
+    gaps = []
+    try:
+        for _ in range(5):
+            service.execute("BEGIN IMMEDIATE")
+            writing = asyncio.create_task(outbox_db.write(lambda conn: time.monotonic()))
+            done, _ = await asyncio.wait({writing}, timeout=0.3)
+            assert not done, "the write began while another connection held SQLite's lock"
+            released = time.monotonic()
+            service.execute("COMMIT")
+            gaps.append(await asyncio.wait_for(writing, 10) - released)
+    finally:
+        service.close()
+    median = sorted(gaps)[2]
+    assert median < 0.02, f"began {median * 1000:.1f} ms after the release (median of 5)"
+
+
+async def test_a_write_gives_up_with_database_is_locked_after_the_busy_timeout(
+    outbox_path: Path, outbox_db: Transactions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import outbox.transactions
+
+    monkeypatch.setattr(outbox.transactions, "WAIT_MOST", 0.2)
+    service = sqlite3.connect(outbox_path, isolation_level=None)
+    try:
+        service.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+            await asyncio.wait_for(outbox_db.write(_thread_name), 10)
+    finally:
+        service.execute("ROLLBACK")
+        service.close()
+    assert (await outbox_db.write(_thread_name)).startswith("outbox-db")
