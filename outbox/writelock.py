@@ -103,13 +103,13 @@ class WriteLock:
         if fd is None:
             yield
             return
-        self._take(fd)
+        self._take_for_user(fd)
         try:
             yield
         finally:
             self._give_back(fd)
 
-    def _take(self, fd: int) -> None:
+    def _take_for_user(self, fd: int) -> None:
         self._users.acquire()
         try:
             _take(fd)
@@ -154,7 +154,7 @@ class WriteLock:
             yield
             return
         async with self._tasks:
-            taking = asyncio.ensure_future(asyncio.to_thread(self._take, fd))
+            taking = asyncio.ensure_future(asyncio.to_thread(self._take_for_user, fd))
             try:
                 await asyncio.shield(taking)
             except asyncio.CancelledError:
