@@ -68,23 +68,21 @@ async def _write(way: str, path: Path, rate: float, seconds: float, start_at: fl
         await outbox.record(**event_args(i))
         latencies.append(time.monotonic() - started)
 
-    outbox = Outbox(path) if way == "Outbox" else None
+    opened: AbstractAsyncContextManager[Outbox | None]
+    opened = Outbox(path) if way == "Outbox" else nullcontext()
     try:
-        if outbox is not None:
-            await outbox.__aenter__()
-        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-        tasks: list[asyncio.Task[None]] = []
-        begin = time.monotonic()
-        for i in range(count):
-            delay = begin + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            call = through_outbox(outbox, i) if outbox is not None else in_session(i)
-            tasks.append(asyncio.create_task(call))
-        await asyncio.gather(*tasks)
+        async with opened as outbox:
+            await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+            tasks: list[asyncio.Task[None]] = []
+            begin = time.monotonic()
+            for i in range(count):
+                delay = begin + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                call = through_outbox(outbox, i) if outbox is not None else in_session(i)
+                tasks.append(asyncio.create_task(call))
+            await asyncio.gather(*tasks)
     finally:
-        if outbox is not None:
-            await outbox.__aexit__(None, None, None)
         lock.close()
         await engine.dispose()
     return latencies
@@ -104,7 +102,7 @@ async def _migrate(path: Path) -> None:
 
 def run_way(way: str, root: Path, processes: int, rate: float, seconds: float) -> list[float]:
     """Every call's latency, from ``processes`` writer processes writing the ``way``."""
-    path = root / f"{way.replace('+', '-').replace(', ', '-').replace(' ', '')}.db"
+    path = root / f"way-{WAYS.index(way)}.db"
     asyncio.run(_migrate(path))
     spawn = multiprocessing.get_context("spawn")
     start_at = time.monotonic() + 2.0  # all start together, after their imports

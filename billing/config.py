@@ -22,7 +22,7 @@ from billing.engines import DEFAULT_DATABASE_URL
 from billing.errors import BillingConfigError
 from billing.options import ENV, SETTINGS
 from outbox.stream_spec import DEFAULT_STREAM, DEFAULT_STREAM_MAX_AGE, USAGE_SUBJECTS
-from usage_runtime.connection_checks import NATS_FILE_SETTINGS, nats_settings_problem
+from usage_runtime.connection_checks import nats_settings_problem
 from usage_runtime.options import BadValue, parse_value
 from usage_runtime.redact import redact_url
 
@@ -31,9 +31,6 @@ DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
 FILTER_SUBJECT: Final = USAGE_SUBJECTS
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
-
-#: Settings naming files the process must be able to read before it connects.
-_READABLE_FILES = NATS_FILE_SETTINGS
 
 
 #: More batches at once than this only queue on the database's locks.
@@ -152,9 +149,7 @@ class BillingConfig:
                 )
         if not self.nats_servers:
             raise BillingConfigError("nats url: none given")
-        files = ((name, getattr(self, name)) for name in _READABLE_FILES)
-        cert, key = self.tls_cert_file, self.tls_key_file
-        if problem := nats_settings_problem(self.nats_servers, files, cert, key):
+        if problem := nats_settings_problem(self):
             raise BillingConfigError(problem)
         if self.nats_password and not self.nats_user:
             raise BillingConfigError("nats password given without a nats user")

@@ -18,16 +18,13 @@ from outbox.drivers import missing_driver
 from outbox.errors import ConfigError
 from outbox.service import DEFAULT_PATH, resolve_url
 from outbox.stream_spec import DEFAULT_STREAM, DEFAULT_STREAM_MAX_AGE
-from usage_runtime.connection_checks import NATS_FILE_SETTINGS, nats_settings_problem
+from usage_runtime.connection_checks import nats_settings_problem
 from usage_runtime.redact import redact_url
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 #: Free pages given back per transaction by a run until SIGTERM (``vacuum_pages`` unset):
 #: about 0.5 ms of the write lock each (docs/retention.md).
 DEFAULT_VACUUM_PAGES = 64
-
-#: Settings naming files the process must be able to read before it connects.
-_READABLE_FILES = (*NATS_FILE_SETTINGS, "consul_ca_file")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,9 +113,7 @@ class ShipperConfig:
                 raise ConfigError(f"database url: {url.database} is not readable and writable")
         if not self.nats_servers:
             raise ConfigError("nats servers: none given")
-        files = ((name, getattr(self, name)) for name in _READABLE_FILES)
-        cert, key = self.tls_cert_file, self.tls_key_file
-        if problem := nats_settings_problem(self.nats_servers, files, cert, key):
+        if problem := nats_settings_problem(self, more_files=("consul_ca_file",)):
             raise ConfigError(problem)
         if self.nats_password and not self.nats_user:
             raise ConfigError("nats password given without a nats user")

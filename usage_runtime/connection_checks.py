@@ -7,7 +7,8 @@ A URL may carry credentials: what is shown of it is always :func:`redact_url`'s 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from usage_runtime.redact import redact_url
@@ -53,15 +54,25 @@ def tls_pair_problem(cert_file: str | None, key_file: str | None) -> str | None:
     return None
 
 
-def nats_settings_problem(
-    servers: Iterable[str],
-    files: Iterable[tuple[str, str | None]],
-    cert_file: str | None,
-    key_file: str | None,
-) -> str | None:
-    """The first problem of the above, in the order a user would fix them."""
+class NatsSettings(Protocol):
+    """What both daemons' configs have: the servers, and the TLS client pair (the file
+    settings are read by name, :data:`NATS_FILE_SETTINGS`)."""
+
+    # Read-only (properties), as the frozen dataclass fields of the configs are.
+    @property
+    def nats_servers(self) -> Sequence[str]: ...
+    @property
+    def tls_cert_file(self) -> str | None: ...
+    @property
+    def tls_key_file(self) -> str | None: ...
+
+
+def nats_settings_problem(config: NatsSettings, *, more_files: Iterable[str] = ()) -> str | None:
+    """The first problem of the above in ``config``, in the order a user would fix them;
+    ``more_files`` names the config's other settings that name files to read."""
+    files = ((name, getattr(config, name)) for name in (*NATS_FILE_SETTINGS, *more_files))
     return (
-        next(filter(None, map(nats_url_problem, servers)), None)
+        next(filter(None, map(nats_url_problem, config.nats_servers)), None)
         or unreadable_file_problem(files)
-        or tls_pair_problem(cert_file, key_file)
+        or tls_pair_problem(config.tls_cert_file, config.tls_key_file)
     )
